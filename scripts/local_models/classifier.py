@@ -1,0 +1,39 @@
+"""Triton python-backend model (local flavor): the classifier's ONNX model run with ONNX Runtime.
+
+Copied to `<classifier>/1/model.py` by the build, beside `model.onnx`. Tensor names come from the
+model config Triton passes in. Requests batched together by Triton run as one ONNX Runtime call.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        options = ort.SessionOptions()
+        threads = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value")
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        batches = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        try:
+            scores = self.session.run([self.output_name], {self.input_name: np.concatenate(batches)})[0]
+        except Exception as exc:  # ONNX Runtime errors carry no request context: add it
+            error = pb_utils.TritonError(f"{self.output_name}: ONNX Runtime failed: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        responses, start = [], 0
+        for batch in batches:
+            rows = scores[start : start + len(batch)]
+            start += len(batch)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, rows)]))
+        return responses

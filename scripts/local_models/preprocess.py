@@ -1,0 +1,127 @@
+"""Triton python-backend model (local flavor): the serialized CPU DALI preprocessing pipeline.
+
+Copied to `<preprocess>/1/model.py` by the build, beside `model.dali` (the same pipeline the DALI
+backend runs in the `cpu` flavor). Each row of a request's input is one encoded image; requests
+batched together by Triton run as one pipeline call. Unlike the DALI backend, which fails a whole
+batch when one image is bad, a failed batch is retried request by request so only the request with
+the bad image gets an error.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from nvidia.dali import Pipeline
+
+# Leading bytes of the formats DALI decodes (and of GIF, which it does not), for error messages.
+SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"GIF8", "GIF"),
+)
+UNSUPPORTED = {"GIF"}
+
+
+def describe(sample: np.ndarray) -> str:
+    """Why an encoded image may have failed, from its leading bytes."""
+    head = sample[:16].tobytes()
+    if not len(sample):
+        return "the image is empty (0 bytes)"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return f"WebP image of {len(sample)} bytes is corrupt or truncated"
+    for magic, name in SIGNATURES:
+        if head.startswith(magic):
+            if name in UNSUPPORTED:
+                return f"{name} images are not supported (send JPEG, PNG, BMP, TIFF, WebP or JPEG 2000)"
+            return f"{name} image of {len(sample)} bytes is corrupt or truncated"
+    return f"not a recognized image format (first bytes: {head[:8].hex(' ')}, {len(sample)} bytes)"
+
+
+def dali_reason(exc: Exception) -> str:
+    """The last line DALI gives that names the cause (its message starts with a pipeline traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if "no longer valid" not in line]
+    return causes[-1] if causes else type(exc).__name__
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.batch_size = max(1, config["max_batch_size"])
+        threads = config.get("parameters", {}).get("num_threads", {}).get("string_value", "1")
+        self.num_threads = max(1, int(threads))
+        self.serialized = (Path(args["model_repository"]) / args["model_version"] / "model.dali").read_bytes()
+        self.pipeline = self._new_pipeline()
+
+    def _new_pipeline(self):
+        # Synchronous execution: a batch smaller than batch_size must not make DALI peek ahead.
+        pipeline = Pipeline.deserialize(
+            serialized_pipeline=self.serialized,
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=None,
+            exec_pipelined=False,
+            exec_async=False,
+            prefetch_queue_depth=1,
+        )
+        pipeline.build()
+        return pipeline
+
+    def _run(self, samples):
+        """Preprocess a list of 1-D uint8 arrays; returns [len(samples), C, H, W] float32."""
+        outputs = []
+        for start in range(0, len(samples), self.batch_size):
+            chunk = samples[start : start + self.batch_size]
+            try:
+                self.pipeline.feed_input(self.input_name, chunk)
+                (batch,) = self.pipeline.run()
+            except Exception:
+                # After an error the DALI pipeline object is unusable.
+                self.pipeline = self._new_pipeline()
+                raise
+            outputs.append(batch.as_array())
+        return np.concatenate(outputs)
+
+    def _samples(self, request):
+        images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+        # Rows of one request share a length; shorter images arrive zero-padded, which decoders ignore.
+        return [np.ascontiguousarray(row) for row in images]
+
+    def _error(self, samples, exc):
+        for index, sample in enumerate(samples):
+            try:
+                self._run([sample])
+            except Exception:
+                return pb_utils.TritonError(
+                    f"{self.input_name}: image {index} of the request could not be decoded: "
+                    f"{describe(sample)} (DALI: {dali_reason(exc)})"
+                )
+        return pb_utils.TritonError(f"{self.input_name}: preprocessing failed: {dali_reason(exc)}")
+
+    def _response(self, pixels):
+        return pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, pixels)])
+
+    def execute(self, requests):
+        per_request = [self._samples(r) for r in requests]
+        try:
+            pixels = self._run([s for samples in per_request for s in samples])
+        except Exception:
+            return [self._execute_one(samples) for samples in per_request]
+        responses, start = [], 0
+        for samples in per_request:
+            responses.append(self._response(pixels[start : start + len(samples)]))
+            start += len(samples)
+        return responses
+
+    def _execute_one(self, samples):
+        try:
+            return self._response(self._run(samples))
+        except Exception as exc:
+            return pb_utils.InferenceResponse(error=self._error(samples, exc))

@@ -1,0 +1,94 @@
+"""Flavors: the committed (`gpu`) repository in, the `cpu` and `local` repositories out.
+
+Each flavor is derived in code from the committed configs: parse with Triton's protobuf, change the
+backend/platform and instance kind, write. Model names, tensors, batching, warmup and labels stay
+as ops wrote them. Files beside a config (labels, warmup samples) are copied; artifacts are placed
+in version folder 1.
+
+- `cpu`:   DALI backend on CPU operators + `onnxruntime_onnx`, all KIND_CPU (NGC image on a CPU host).
+- `local`: python-backend models (`scripts/local_models/`) running the same serialized CPU DALI
+           pipeline and the same ONNX model (the tritonserver shipped in nvidia-pytriton).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from scripts.config import CONFIG_FILENAME, Bundle, ModelConfig, write_config
+
+FLAVORS = ("cpu", "local")
+LOCAL_MODELS = Path(__file__).parent / "local_models"
+VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifacts:
+    onnx: Path  # model.onnx
+    dali_cpu: Path  # model.dali serialized with CPU operators
+
+
+def _to_cpu(config: ModelConfig) -> None:
+    for group in config.instance_group:
+        group.kind = group.KIND_CPU
+        del group.gpus[:]
+
+
+def flavor_config(config: ModelConfig, role: str, flavor: str) -> ModelConfig:
+    """The config of one model (`role`: "ensemble", "preprocess" or "classifier") for `flavor`."""
+    derived = ModelConfig()
+    derived.CopyFrom(config)
+    if role == "ensemble":
+        return derived
+    _to_cpu(derived)
+    if flavor == "local":
+        derived.platform = ""
+        derived.backend = "python"
+    elif role == "classifier":
+        derived.platform = "onnxruntime_onnx"
+        derived.backend = ""
+    return derived
+
+
+def _artifacts_for(role: str, flavor: str, artifacts: Artifacts) -> dict[str, Path]:
+    """Files for version folder 1, by destination name."""
+    files = {"preprocess": {"model.dali": artifacts.dali_cpu}, "classifier": {"model.onnx": artifacts.onnx}}.get(role, {})
+    if flavor == "local" and role != "ensemble":
+        files = {**files, "model.py": LOCAL_MODELS / f"{role}.py"}
+    return files
+
+
+def _copy_beside_config(source_dir: Path, target_dir: Path) -> None:
+    """Copy labels, warmup samples and the like; skip the config and version folders."""
+    for item in source_dir.iterdir():
+        if item.name == CONFIG_FILENAME or (item.is_dir() and item.name.isdigit()):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, target_dir / item.name)
+        else:
+            shutil.copy2(item, target_dir / item.name)
+
+
+def generate(bundle: Bundle, flavor: str, target: Path, artifacts: Artifacts) -> Path:
+    """Write the `flavor` repository to `target` (replacing it whole) and return `target`."""
+    if flavor not in FLAVORS:
+        raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    roles = {
+        bundle.ensemble.name: "ensemble",
+        bundle.preprocess_config.name: "preprocess",
+        bundle.classifier_config.name: "classifier",
+    }
+    for name, config in bundle.configs.items():
+        role = roles[name]
+        model_dir = staging / name
+        (model_dir / VERSION).mkdir(parents=True)
+        write_config(flavor_config(config, role, flavor), model_dir / CONFIG_FILENAME)
+        _copy_beside_config(bundle.model_dir(name), model_dir)
+        for filename, source in _artifacts_for(role, flavor, artifacts).items():
+            shutil.copy2(source, model_dir / VERSION / filename)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target

@@ -1,0 +1,199 @@
+"""Serve: a model repository in, a running real `tritonserver` out (the binary in nvidia-pytriton).
+
+`LocalServer` starts the server on the given ports, waits until it is ready (every model loaded and
+warmed up), and stops it cleanly. It is used by `make serve` and by the integration tests.
+Defaults are safe: endpoints bind to 127.0.0.1, no repository polling, and the admin APIs
+(model repository, config, shared memory, logging, trace, statistics) need the `admin-key` header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace", "statistics")
+ADMIN_HEADER = "admin-key"
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "TRITON_METRICS_PORT"}
+
+
+class ServerError(RuntimeError):
+    """The server did not start, or died; the message ends with the tail of its log."""
+
+
+def _pytriton_dist() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ServerError("nvidia-pytriton is not installed: `pip install -e .[local]` (or `make install`)") from exc
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def ports_from_env() -> dict[str, int]:
+    ports = {}
+    for kind, default in DEFAULT_PORTS.items():
+        value = os.environ.get(PORT_ENV[kind], str(default))
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise ServerError(f"{PORT_ENV[kind]}={value!r} is not a port number")
+        ports[kind] = int(value)
+    return ports
+
+
+def prepare_backends(directory: Path) -> Path:
+    """A backend directory holding the python backend with the stub for this interpreter's version.
+
+    The wheel ships one stub per Python version; Triton expects exactly one, beside the backend library.
+    """
+    dist = _pytriton_dist()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"nvidia-pytriton has no python backend stub for Python {version}")
+    python_dir = directory / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in [*(dist / "backends" / "python").glob("*.*"), stub]:
+        target = python_dir / source.name
+        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+            shutil.copy2(source, target)
+    return directory
+
+
+def server_environment() -> dict[str, str]:
+    """The environment the server and its python stubs need.
+
+    The stub embeds Python and finds its prefix by looking up `python3` on PATH: the venv's bin
+    must come first or the stub imports another interpreter's numpy (and corrupts tensors).
+    The stub also links libpython, found in the interpreter's LIBDIR.
+    """
+    dist = _pytriton_dist()
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+@dataclasses.dataclass
+class LocalServer:
+    repository: Path
+    backends: Path
+    http_port: int = DEFAULT_PORTS["http"]
+    grpc_port: int = DEFAULT_PORTS["grpc"]
+    metrics_port: int = DEFAULT_PORTS["metrics"]
+    address: str = "127.0.0.1"
+    admin_key: str = dataclasses.field(default_factory=lambda: os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(24))
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.address}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}:{self.metrics_port}/metrics"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {ADMIN_HEADER: self.admin_key}
+
+    def command(self) -> list[str]:
+        restriction = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+        return [
+            str(_pytriton_dist() / "bin" / "tritonserver"),
+            f"--model-repository={Path(self.repository).resolve()}",
+            f"--backend-directory={Path(self.backends).resolve()}",
+            f"--http-address={self.address}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.address}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.address}",
+            f"--metrics-port={self.metrics_port}",
+            f"--http-restricted-api={restriction}",
+            f"--grpc-restricted-protocol={restriction}",
+            "--model-control-mode=none",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--disable-auto-complete-config",
+            "--exit-timeout-secs=10",
+            # A distinct shared-memory prefix lets several servers (tests, a dev server) coexist.
+            f"--backend-config=python,shm-region-prefix-name=triton_bundle_{self.grpc_port}",
+        ]
+
+    def start(self) -> "LocalServer":
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_path, "wb")
+        else:
+            output = None
+        self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=output, stderr=subprocess.STDOUT)
+        if output is not None:
+            output.close()
+        return self
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        # Triton prints wide option tables at start-up; they never explain a failure.
+        useful = [line for line in text if not line.startswith(("+", "|"))]
+        return "\n".join(useful[-lines:])
+
+    def is_ready(self) -> bool:
+        import tritonclient.http as httpclient
+
+        try:
+            client = httpclient.InferenceServerClient(self.http_url, connection_timeout=1.0, network_timeout=2.0)
+            try:
+                return client.is_server_ready()
+            finally:
+                client.close()
+        except Exception:
+            return False
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> "LocalServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
