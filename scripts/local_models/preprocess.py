@@ -101,7 +101,8 @@ class TritonPythonModel:
             except Exception:
                 return pb_utils.TritonError(
                     f"{self.input_name}: image {index} of the request could not be decoded: "
-                    f"{describe(sample)} (DALI: {dali_reason(exc)})"
+                    f"{describe(sample)} (DALI: {dali_reason(exc)})",
+                    pb_utils.TritonError.INVALID_ARG,
                 )
         return pb_utils.TritonError(f"{self.input_name}: preprocessing failed: {dali_reason(exc)}")
 

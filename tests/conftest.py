@@ -1,0 +1,60 @@
+"""Shared fixtures: the committed bundle, a built project, and a real tritonserver on free ports."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from scripts.build import Builder, Layout
+from scripts.config import load_bundle
+from scripts.serve import LocalServer, prepare_backends
+
+PROJECT = Path(__file__).resolve().parent.parent
+REPOSITORY = PROJECT / "model_repository"
+BUILD_DIR = PROJECT / "build"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="session")
+def bundle():
+    return load_bundle(REPOSITORY)
+
+
+@pytest.fixture(scope="session")
+def built():
+    """The project's own build (the same one `make build` makes; a no-op when up to date)."""
+    layout = Layout(REPOSITORY, BUILD_DIR)
+    Builder(layout, progress=lambda message: None).run()
+    return layout
+
+
+@pytest.fixture(scope="session")
+def server(built, tmp_path_factory):
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
+    with LocalServer(built.flavor("local"), prepare_backends(built.backends), http, grpc, metrics, log_path=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def heldout(built):
+    from scripts.demo import heldout_images
+
+    images = heldout_images(built.heldout)
+    assert images, "the build wrote no held-out images"
+    return images

@@ -1,0 +1,179 @@
+"""End to end through a real tritonserver (local flavor) started on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from client import ClassificationError, ImageClassifierClient
+from tests.conftest import PROJECT, free_ports
+
+pytestmark = pytest.mark.integration
+
+
+def client_for(server, protocol):
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    return ImageClassifierClient(url, protocol=protocol, model=server_model(server))
+
+
+def server_model(server):
+    from scripts.config import load_bundle
+
+    return load_bundle(PROJECT / "model_repository").ensemble.name
+
+
+def raw_scores(server, bundle, image: bytes) -> np.ndarray:
+    """The ensemble's raw score vector for one image, over gRPC."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        tensor = grpcclient.InferInput(bundle.preprocess.input_name, [1, len(image)], "UINT8")
+        tensor.set_data_from_numpy(np.frombuffer(image, np.uint8)[None, :])
+        result = client.infer(bundle.ensemble.name, [tensor])
+        return result.as_numpy(bundle.classifier.output_name)[0]
+    finally:
+        client.close()
+
+
+def batch_executions(server, model: str) -> dict[int, int]:
+    """{batch size: executions} from the statistics API (an admin API: needs the key)."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        stats = client.get_inference_statistics(model, headers=server.admin_headers)["model_stats"][0]
+        return {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_heldout_accuracy_through_the_ensemble(server, heldout, protocol):
+    with client_for(server, protocol) as classifier:
+        results = classifier.classify([path for _, path in heldout], top_k=1)
+    correct = sum(result.top.label == label for result, (label, _) in zip(results, heldout))
+    accuracy = correct / len(heldout)
+    print(f"{protocol}: top-1 accuracy {accuracy:.3f} on {len(heldout)} held-out images")
+    assert accuracy >= 0.95
+
+
+def test_grpc_and_http_return_the_same_predictions(server, heldout):
+    images = [path for _, path in heldout[::10]]
+    with client_for(server, "grpc") as grpc_client, client_for(server, "http") as http_client:
+        over_grpc = grpc_client.classify(images, top_k=3)
+        over_http = http_client.classify(images, top_k=3)
+    for a, b in zip(over_grpc, over_http):
+        assert [p.label for p in a.predictions] == [p.label for p in b.predictions]
+        assert np.allclose([p.score for p in a.predictions], [p.score for p in b.predictions], atol=1e-6)
+
+
+def test_concurrent_single_image_requests_are_batched_and_match_unbatched(server, bundle, heldout):
+    images = [path.read_bytes() for _, path in heldout[:48]]
+    alone = [raw_scores(server, bundle, image) for image in images]
+    before = batch_executions(server, bundle.preprocess.model_name)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        together = list(pool.map(lambda image: raw_scores(server, bundle, image), images))
+    after = batch_executions(server, bundle.preprocess.model_name)
+    batched = {size: count - before.get(size, 0) for size, count in after.items() if size > 1}
+    assert sum(batched.values()) > 0, f"no execution had more than one request: {after}"
+    assert after.keys() <= set(range(1, bundle.preprocess.max_batch_size + 1))
+    np.testing.assert_allclose(np.stack(together), np.stack(alone), atol=1e-5)
+
+
+def test_corrupt_image_fails_alone_and_the_server_stays_ready(server, bundle, heldout):
+    good = [(label, path.read_bytes()) for label, path in heldout[:15]]
+    truncated_jpeg = good[0][1][: len(good[0][1]) // 3]
+    requests = [("good", label, data) for label, data in good] + [("bad", None, truncated_jpeg), ("bad", None, b"not an image")]
+
+    def send(item):
+        kind, label, data = item
+        try:
+            with client_for(server, "grpc") as classifier:
+                return kind, label, classifier.classify_one(data, top_k=1)
+        except ClassificationError as exc:
+            return kind, label, exc
+
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            outcomes = list(pool.map(send, requests))
+        for kind, label, outcome in outcomes:
+            if kind == "good":
+                assert not isinstance(outcome, Exception), outcome
+                assert outcome.top.label == label
+            else:
+                assert isinstance(outcome, ClassificationError)
+                assert "could not be decoded" in str(outcome)
+    client = httpclient.InferenceServerClient(server.http_url)
+    assert client.is_server_ready()
+    assert all(client.is_model_ready(name) for name in bundle.configs)
+
+
+def test_bad_image_error_is_an_invalid_argument(server, bundle):
+    client = httpclient.InferenceServerClient(server.http_url)
+    tensor = httpclient.InferInput(bundle.preprocess.input_name, [1, 4], "UINT8")
+    tensor.set_data_from_numpy(np.frombuffer(b"GIF8", np.uint8)[None, :])
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(bundle.ensemble.name, [tensor])
+    assert caught.value.status() == "400"
+    assert "GIF images are not supported" in caught.value.message()
+
+
+def test_admin_apis_need_the_key(server, bundle):
+    client = httpclient.InferenceServerClient(server.http_url)
+    with pytest.raises(InferenceServerException):
+        client.get_inference_statistics(bundle.ensemble.name)
+    with pytest.raises(InferenceServerException):
+        client.get_model_repository_index()
+    assert client.get_model_repository_index(headers=server.admin_headers)
+
+
+def test_client_cli_prints_labels(server, heldout):
+    label, path = heldout[0]
+    done = subprocess.run(
+        [sys.executable, "-m", "client", "classify", str(path), "--url", server.grpc_url, "--top-k", "2"],
+        capture_output=True, text=True, cwd=PROJECT, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == str(path)
+    assert lines[1].split()[-1] == label
+
+
+def test_client_cli_exit_code_for_a_bad_file(server, heldout, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    done = subprocess.run(
+        [sys.executable, "-m", "client", "classify", str(heldout[0][1]), str(bad), "--url", server.http_url,
+         "--protocol", "http", "--json"],
+        capture_output=True, text=True, cwd=PROJECT, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "broken.jpg" in done.stdout and "JPEG image of" in done.stdout
+
+
+def test_serve_command_starts_and_stops_on_ctrl_c(built):
+    http, grpc, metrics = free_ports(3)
+    env = {**os.environ, "TRITON_HTTP_PORT": str(http), "TRITON_GRPC_PORT": str(grpc), "TRITON_METRICS_PORT": str(metrics)}
+    process = subprocess.Popen([sys.executable, "-m", "scripts", "serve"], cwd=PROJECT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = ""
+        deadline = time.monotonic() + 180
+        while "Ctrl-C stops the server" not in output and time.monotonic() < deadline and process.poll() is None:
+            output += process.stdout.readline()
+        assert f"127.0.0.1:{grpc}" in output, output
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{http}").is_server_ready()
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "stopped." in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
