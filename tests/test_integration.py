@@ -82,6 +82,7 @@ def test_concurrent_single_image_requests_are_batched_and_match_unbatched(server
         together = list(pool.map(lambda image: raw_scores(server, bundle, image), images))
     after = batch_executions(server, bundle.preprocess.model_name)
     batched = {size: count - before.get(size, 0) for size, count in after.items() if size > 1}
+    print("batch executions since the test began:", batched)
     assert sum(batched.values()) > 0, f"no execution had more than one request: {after}"
     assert after.keys() <= set(range(1, bundle.preprocess.max_batch_size + 1))
     np.testing.assert_allclose(np.stack(together), np.stack(alone), atol=1e-5)

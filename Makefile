@@ -1,0 +1,37 @@
+# The two commands the README gives: `make serve` and `make test`. Everything else is a step of those.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= demo
+EXTRAS ?= build,local,client,test
+comma := ,
+INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+.PHONY: help install build serve test test-gpu clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,local,client,test)
+
+build: install  ## build artifacts and the cpu/local repositories (MODEL=demo or a model file)
+	$(PY) -m scripts build --model '$(MODEL)'
+
+serve: build  ## build, then serve the local flavor on TRITON_{HTTP,GRPC,METRICS}_PORT (default 8000/8001/8002)
+	$(PY) -m scripts serve
+
+test: install  ## unit and integration tests (GPU tests are skipped)
+	$(PY) -m pytest
+
+test-gpu:  ## on the GPU box: only the GPU tests (needs EXTRAS including gpu)
+	$(MAKE) install EXTRAS=build,local,client,test,gpu
+	$(PY) -m pytest -m gpu
+
+clean:  ## remove build outputs (not the venv)
+	rm -rf build

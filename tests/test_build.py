@@ -1,0 +1,168 @@
+"""Build stages: bring-your-own models, ONNX export checks, flavors, and idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from scripts import demo, export, intake, repository
+from scripts.build import Builder, Layout
+from scripts.config import CONFIG_FILENAME, load_bundle, read_config
+from tests.conftest import REPOSITORY
+
+
+def tiny_classifier(num_classes: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes), nn.Softmax(dim=1)).eval()
+
+
+def run_build(repository_dir, build_dir, model):
+    builder = Builder(Layout(repository_dir, build_dir), model=str(model), progress=lambda m: None)
+    return {r.name: r for r in builder.run()}, builder
+
+
+def digest(path):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def user_models(tmp_path_factory, bundle):
+    """One small model saved in each accepted format, and a state_dict (not accepted)."""
+    directory = tmp_path_factory.mktemp("user_models")
+    module = tiny_classifier(len(bundle.classifier.labels))
+    torch.jit.script(module).save(str(directory / "scripted.pt"))
+    torch.save(module, directory / "pickled.pth")
+    torch.save(module.state_dict(), directory / "weights.pth")
+    export.export(module, bundle.classifier, directory / "model.onnx")
+    return directory, module
+
+
+@pytest.mark.parametrize(("filename", "kind"), [("scripted.pt", "torchscript"), ("pickled.pth", "pickle"), ("model.onnx", "onnx")])
+def test_bring_your_own_model(user_models, bundle, tmp_path, filename, kind):
+    directory, module = user_models
+    before = digest(REPOSITORY)
+    results, builder = run_build(REPOSITORY, tmp_path / "build", directory / filename)
+    assert results["onnx"].report["kind"] == kind
+    if kind == "onnx":
+        assert results["onnx"].report["max_abs_error"] is None
+    else:
+        assert results["onnx"].report["max_abs_error"] <= export.TOLERANCE
+    # The served ONNX file computes what the user's model computes.
+    inputs = builder.verification_inputs()
+    session = ort.InferenceSession(str(builder.layout.flavor("local") / bundle.classifier.model_name / "1" / "model.onnx"))
+    got = session.run(None, {bundle.classifier.input_name: inputs})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(torch.from_numpy(inputs)).numpy(), atol=1e-5)
+    assert digest(REPOSITORY) == before, "the build must never write into the committed configs"
+
+
+def test_a_state_dict_is_refused_with_a_hint(user_models):
+    directory, _ = user_models
+    with pytest.raises(intake.IntakeError, match="state_dict"):
+        intake.load(directory / "weights.pth")
+
+
+def test_an_unknown_file_is_refused(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(intake.IntakeError, match="not an ONNX file"):
+        intake.load(path)
+
+
+def test_onnx_with_other_tensor_names_is_refused(user_models, bundle, tmp_path):
+    _, module = user_models
+    path = tmp_path / "renamed.onnx"
+    torch.onnx.export(module, (torch.zeros(1, *bundle.classifier.input_dims),), str(path), dynamo=False,
+                      input_names=["images"], output_names=["probs"], dynamic_axes={"images": {0: "n"}, "probs": {0: "n"}})
+    with pytest.raises(export.ExportError, match='input is named "images" but the classifier config says "PIXELS"'):
+        export.check_signature(path, bundle.classifier)
+
+
+def test_onnx_with_a_fixed_batch_is_refused(user_models, bundle, tmp_path):
+    _, module = user_models
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(module, (torch.zeros(1, *bundle.classifier.input_dims),), str(path), dynamo=False,
+                      input_names=[bundle.classifier.input_name], output_names=[bundle.classifier.output_name])
+    with pytest.raises(export.ExportError, match="fixed batch dimension 1"):
+        export.check_signature(path, bundle.classifier)
+
+
+def test_export_has_a_dynamic_batch(built, bundle):
+    session = ort.InferenceSession(str(built.onnx))
+    for batch in (1, bundle.classifier.max_batch_size):
+        x = np.zeros((batch, *bundle.classifier.input_dims), np.float32)
+        (scores,) = session.run(None, {bundle.classifier.input_name: x})
+        assert scores.shape == (batch, len(bundle.classifier.labels))
+        np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_verification_fails_above_the_tolerance(user_models, bundle, built):
+    directory, module = user_models
+    other = tiny_classifier(len(bundle.classifier.labels))
+    with torch.no_grad():
+        other[0].weight.add_(0.5)
+    inputs = np.stack([np.zeros(bundle.classifier.input_dims, np.float32), np.ones(bundle.classifier.input_dims, np.float32)])
+    with pytest.raises(export.ExportError, match="differs from torch"):
+        export.verify(directory / "model.onnx", bundle.classifier, inputs, other)
+
+
+def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
+    expected = {
+        "cpu": {"ensemble": ("ensemble", ""), "preprocess": ("", "dali"), "classifier": ("onnxruntime_onnx", "")},
+        "local": {"ensemble": ("ensemble", ""), "preprocess": ("", "python"), "classifier": ("", "python")},
+    }
+    roles = {bundle.ensemble.name: "ensemble", bundle.preprocess.model_name: "preprocess", bundle.classifier.model_name: "classifier"}
+    for flavor in repository.FLAVORS:
+        for name, committed in bundle.configs.items():
+            generated = read_config(built.flavor(flavor) / name / CONFIG_FILENAME)
+            assert (generated.platform, generated.backend) == expected[flavor][roles[name]]
+            assert all(group.kind == group.KIND_CPU for group in generated.instance_group)
+            # Everything else is as ops wrote it.
+            for field in ("input", "output", "max_batch_size", "dynamic_batching", "model_warmup", "parameters", "ensemble_scheduling"):
+                assert getattr(generated, field) == getattr(committed, field), (flavor, name, field)
+        flavor_bundle = load_bundle(built.flavor(flavor))
+        assert flavor_bundle.classifier.labels == bundle.classifier.labels
+        assert (built.flavor(flavor) / bundle.preprocess.model_name / "1" / "model.dali").is_file()
+        assert (built.flavor(flavor) / bundle.classifier.model_name / "1" / "model.onnx").is_file()
+
+
+def test_build_is_idempotent_and_rebuilds_only_what_changed(user_models, bundle, tmp_path):
+    directory, _ = user_models
+    repo = tmp_path / "model_repository"
+    shutil.copytree(REPOSITORY, repo)
+    build_dir = tmp_path / "build"
+    first, _ = run_build(repo, build_dir, directory / "model.onnx")
+    assert first["flavors"].status == "built"
+    again, _ = run_build(repo, build_dir, directory / "model.onnx")
+    assert {name: r.status for name, r in again.items() if name != "model"} == {
+        "heldout": "up to date", "onnx": "up to date", "dali": "up to date", "flavors": "up to date"}
+
+    # An ops edit of the preprocessing config reaches the DALI pipeline and the flavors, not the model.
+    config_path = repo / bundle.preprocess.model_name / CONFIG_FILENAME
+    config_path.write_text(config_path.read_text().replace('key: "num_threads"\n    value: { string_value: "2" }',
+                                                           'key: "num_threads"\n    value: { string_value: "1" }'))
+    edited, builder = run_build(repo, build_dir, directory / "model.onnx")
+    assert {name: r.status for name, r in edited.items() if name != "model"} == {
+        "heldout": "up to date", "onnx": "up to date", "dali": "built", "flavors": "built"}
+    generated = read_config(builder.layout.flavor("local") / bundle.preprocess.model_name / CONFIG_FILENAME)
+    assert generated.parameters["num_threads"].string_value == "1"
+
+
+def test_demo_rendering_is_deterministic_and_labelled():
+    labels = ("circle", "star")
+    first = list(demo.samples(labels, 2, seed=5))
+    assert first == list(demo.samples(labels, 2, seed=5))
+    assert [index for index, _ in first] == [0, 1, 0, 1]
+    assert all(jpeg[:3] == b"\xff\xd8\xff" for _, jpeg in first)
+
+
+def test_demo_refuses_labels_it_cannot_draw():
+    with pytest.raises(ValueError, match=r"can only learn the shapes .* names \['cat'\]"):
+        demo.check_labels(("circle", "cat"))
