@@ -84,6 +84,14 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shell_path(path: Path) -> str:
+    """`path` relative to the working directory when it is below it (shorter commands to copy)."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from scripts.config import load_bundle
     from scripts.serve import LocalServer, ServerError, ports_from_env, prepare_backends
@@ -114,7 +122,7 @@ ready: model "{ensemble}"
   HTTP     http://{server.http_url}
   metrics  {server.metrics_url}
 
-try:  python -m client classify {PROJECT / 'model_repository' / 'preprocess' / 'warmup' / 'sample.jpg'}
+try:  {_shell_path(Path(sys.executable))} -m client classify {_shell_path(PROJECT / 'model_repository' / 'preprocess' / 'warmup' / 'sample.jpg')}
 Ctrl-C stops the server.""", flush=True)
             server.process.wait()
             print(f"tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}", file=sys.stderr)

@@ -39,15 +39,26 @@ def read_config(path: Path) -> ModelConfig:
         raise ConfigError(path, f"not a valid Triton model config: {exc}") from exc
 
 
-def write_config(config: ModelConfig, path: Path) -> None:
+def write_config(config: ModelConfig, path: Path, header: str = "") -> None:
+    """Write `config` as text; `header` lines are written first as comments."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text_format.MessageToString(config))
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    path.write_text(comments + text_format.MessageToString(config))
 
 
-def string_parameter(config: ModelConfig, key: str, path: Path) -> str:
-    if key not in config.parameters:
+def string_parameter(config: ModelConfig, key: str, path: Path, default: str | None = None) -> str:
+    if key in config.parameters:
+        return config.parameters[key].string_value
+    if default is None:
         raise ConfigError(path, f'missing parameter "{key}"', field=f"parameters[{key}]")
-    return config.parameters[key].string_value
+    return default
+
+
+def positive_int_parameter(config: ModelConfig, key: str, path: Path, default: str | None = None) -> int:
+    text = string_parameter(config, key, path, default)
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(path, f'expected a positive whole number, found "{text}"', field=f"parameters[{key}]")
+    return int(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +143,7 @@ def _preprocess_spec(config: ModelConfig, path: Path) -> PreprocessSpec:
     dims = tuple(config.output[0].dims)
     if len(dims) != 3:
         raise ConfigError(path, f"output dims must be [channels, height, width], found {list(dims)}", field="output.dims")
-    resize_shorter = int(string_parameter(config, "resize_shorter", path))
+    resize_shorter = positive_int_parameter(config, "resize_shorter", path)
     if resize_shorter < max(dims[1:]):
         raise ConfigError(
             path,
@@ -149,7 +160,7 @@ def _preprocess_spec(config: ModelConfig, path: Path) -> PreprocessSpec:
         mean=_floats(string_parameter(config, "mean", path), path, "mean"),
         std=_floats(string_parameter(config, "std", path), path, "std"),
         max_batch_size=config.max_batch_size,
-        num_threads=int(config.parameters["num_threads"].string_value or 1),
+        num_threads=positive_int_parameter(config, "num_threads", path, default="1"),
     )
 
 

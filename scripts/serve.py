@@ -141,7 +141,9 @@ class LocalServer:
             output = open(self.log_path, "wb")
         else:
             output = None
-        self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=output, stderr=subprocess.STDOUT)
+        # A session of its own: a terminal's Ctrl-C reaches only us, and stop() sends the server one SIGINT.
+        self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=output,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
         if output is not None:
             output.close()
         return self

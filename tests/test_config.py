@@ -77,3 +77,10 @@ def test_resize_must_not_be_smaller_than_the_crop(repo_copy):
     path.write_text(path.read_text().replace('string_value: "73"', 'string_value: "32"'))
     with pytest.raises(ConfigError, match=r"resize_shorter=32 is smaller than the crop 64x64"):
         load_bundle(repo_copy)
+
+
+def test_a_parameter_that_is_not_a_number_names_the_parameter(repo_copy):
+    path = repo_copy / "preprocess" / "config.pbtxt"
+    path.write_text(path.read_text().replace('string_value: "73"', 'string_value: "73px"'))
+    with pytest.raises(ConfigError, match=r"\[parameters\[resize_shorter\]\]: expected a positive whole number, found \"73px\""):
+        load_bundle(repo_copy)

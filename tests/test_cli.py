@@ -1,0 +1,47 @@
+"""The build CLI: --help, --json for scripts, and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import PROJECT
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "scripts", *args], capture_output=True, text=True, cwd=PROJECT, timeout=timeout)
+
+
+def test_help_lists_the_commands():
+    done = run("--help")
+    assert done.returncode == 0
+    assert "build" in done.stdout and "serve" in done.stdout
+
+
+def test_build_json_reports_every_stage(built):
+    done = run("build", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [stage["name"] for stage in report["stages"]] == ["heldout", "model", "onnx", "dali", "flavors"]
+    assert all(stage["status"] == "up to date" for stage in report["stages"])
+    assert set(report["flavors"]) == {"cpu", "local"}
+    assert "[5/5] flavors: up to date" in done.stderr
+
+
+def test_missing_model_file_is_a_usage_error(tmp_path):
+    done = run("build", "--model", str(tmp_path / "nope.pth"), "--build-dir", str(tmp_path / "build"))
+    assert done.returncode == 2
+    assert "nope.pth: model file not found" in done.stderr
+
+
+def test_broken_config_is_a_usage_error_naming_the_file(tmp_path):
+    import shutil
+
+    repo = tmp_path / "model_repository"
+    shutil.copytree(PROJECT / "model_repository", repo)
+    config = repo / "classifier" / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: [ 6 ]", "dims: [ 6 "))
+    done = run("build", "--repository", str(repo), "--build-dir", str(tmp_path / "build"))
+    assert done.returncode == 2
+    assert f"{config}: not a valid Triton model config" in done.stderr
