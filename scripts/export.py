@@ -45,6 +45,9 @@ def export(module, spec: ClassifierSpec, path: Path) -> None:
         # The TorchScript-based exporter is deprecated for new code, but it is the one that takes
         # TorchScript models too; its deprecation notice says nothing about this export.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # InstanceNorm without running stats normalizes with the input's own statistics in eval mode
+        # too, which is exactly what "train=True" exports.
+        warnings.filterwarnings("ignore", message=".*'instance_norm' is set to train=True")
         torch.onnx.export(
             module,
             (example,),

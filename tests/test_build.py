@@ -166,3 +166,11 @@ def test_demo_rendering_is_deterministic_and_labelled():
 def test_demo_refuses_labels_it_cannot_draw():
     with pytest.raises(ValueError, match=r"can only learn the shapes .* names \['cat'\]"):
         demo.check_labels(("circle", "cat"))
+
+
+def test_demo_training_is_deterministic(bundle):
+    labels = bundle.classifier.labels
+    first = demo.train(labels, bundle.preprocess, progress=lambda m: None, epochs=1, per_class=4).state_dict()
+    second = demo.train(labels, bundle.preprocess, progress=lambda m: None, epochs=1, per_class=4).state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -116,14 +116,19 @@ def test_corrupt_image_fails_alone_and_the_server_stays_ready(server, bundle, he
     assert all(client.is_model_ready(name) for name in bundle.configs)
 
 
-def test_bad_image_error_is_an_invalid_argument(server, bundle):
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"GIF89a" + bytes(32), "GIF images are not supported"),
+    (b"", "the image is empty (0 bytes)"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(8), "PNG image of 16 bytes is corrupt or truncated"),
+], ids=["gif", "empty", "truncated-png"])
+def test_bad_image_error_is_an_invalid_argument_with_the_reason(server, bundle, data, reason):
     client = httpclient.InferenceServerClient(server.http_url)
-    tensor = httpclient.InferInput(bundle.preprocess.input_name, [1, 4], "UINT8")
-    tensor.set_data_from_numpy(np.frombuffer(b"GIF8", np.uint8)[None, :])
+    tensor = httpclient.InferInput(bundle.preprocess.input_name, [1, len(data)], "UINT8")
+    tensor.set_data_from_numpy(np.frombuffer(data, np.uint8).reshape(1, len(data)))
     with pytest.raises(InferenceServerException) as caught:
         client.infer(bundle.ensemble.name, [tensor])
     assert caught.value.status() == "400"
-    assert "GIF images are not supported" in caught.value.message()
+    assert reason in caught.value.message()
 
 
 def test_admin_apis_need_the_key(server, bundle):
