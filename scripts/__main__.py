@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -84,6 +85,10 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _shell_path(path: Path) -> str:
     """`path` relative to the working directory when it is below it (shorter commands to copy)."""
     try:
@@ -114,6 +119,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {repo} has no model {ensemble!r}: run `make build` first", file=sys.stderr)
         return EXIT_USAGE
     print(f"starting tritonserver on {repo} (log: {server.log_path}) ...", flush=True)
+    # Explicit handlers: a shell may start us with SIGINT ignored, and service managers send SIGTERM.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         with server:
             print(f"""

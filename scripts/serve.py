@@ -84,6 +84,14 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent process dies."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclasses.dataclass
 class LocalServer:
     repository: Path
@@ -141,9 +149,11 @@ class LocalServer:
             output = open(self.log_path, "wb")
         else:
             output = None
-        # A session of its own: a terminal's Ctrl-C reaches only us, and stop() sends the server one SIGINT.
+        # A session of its own: a terminal's Ctrl-C reaches only us, and stop() sends the server one
+        # SIGINT. If we die without stopping it, the kernel sends it SIGTERM (no orphaned servers).
         self.process = subprocess.Popen(self.command(), env=server_environment(), stdout=output,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=_terminate_with_parent)
         if output is not None:
             output.close()
         return self

@@ -164,22 +164,54 @@ def test_client_cli_exit_code_for_a_bad_file(server, heldout, tmp_path):
     assert "broken.jpg" in done.stdout and "JPEG image of" in done.stdout
 
 
-def test_serve_command_starts_and_stops_on_ctrl_c(built):
+def start_serve_command(preexec=None):
+    """Run `python -m scripts serve` on free ports until it says it is ready: (process, output, http port)."""
     http, grpc, metrics = free_ports(3)
     env = {**os.environ, "TRITON_HTTP_PORT": str(http), "TRITON_GRPC_PORT": str(grpc), "TRITON_METRICS_PORT": str(metrics)}
-    process = subprocess.Popen([sys.executable, "-m", "scripts", "serve"], cwd=PROJECT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "scripts", "serve"], cwd=PROJECT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec)
+    output = ""
+    deadline = time.monotonic() + 180
+    while "Ctrl-C stops the server" not in output and time.monotonic() < deadline and process.poll() is None:
+        output += process.stdout.readline()
+    assert f"127.0.0.1:{grpc}" in output and "-m client classify" in output, output
+    assert httpclient.InferenceServerClient(f"127.0.0.1:{http}").is_server_ready()
+    return process, output, http
+
+
+def server_is_gone(http_port: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").is_server_ready()
+        except Exception:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.parametrize(("signum", "sigint_ignored"), [(signal.SIGINT, False), (signal.SIGTERM, True)],
+                         ids=["ctrl-c", "sigterm-from-a-background-job"])
+def test_serve_command_starts_and_stops_cleanly(built, signum, sigint_ignored):
+    """`make serve` prints the endpoints when ready, and stops the server on Ctrl-C or SIGTERM.
+
+    A non-interactive shell starts background jobs with SIGINT ignored: the server must stop anyway.
+    """
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    process, _, http = start_serve_command(preexec)
     try:
-        output = ""
-        deadline = time.monotonic() + 180
-        while "Ctrl-C stops the server" not in output and time.monotonic() < deadline and process.poll() is None:
-            output += process.stdout.readline()
-        assert f"127.0.0.1:{grpc}" in output, output
-        assert httpclient.InferenceServerClient(f"127.0.0.1:{http}").is_server_ready()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         rest, _ = process.communicate(timeout=60)
         assert process.returncode == 0, rest
         assert "stopped." in rest
+        assert server_is_gone(http, timeout=1.0)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_server_does_not_outlive_a_killed_serve_command(built):
+    process, _, http = start_serve_command()
+    process.kill()
+    process.wait()
+    assert server_is_gone(http), "tritonserver kept running after its parent was killed"
