@@ -31,19 +31,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be at least 1")
     from tritonclient.utils import InferenceServerException
 
     results, failures = [], []
     try:
         with ImageClassifierClient(args.url, args.protocol, args.model, args.timeout) as classifier:
+            classifier.tensor_names()  # reach the server and the model once, before any image
             for index, image in enumerate(args.images):
                 try:
                     results.append(classifier.classify_one(image, args.top_k, index))
                 except (ClassificationError, OSError) as exc:
                     failures.append({"source": image, "error": str(exc)})
-    except InferenceServerException as exc:
-        print(f"error: cannot reach model {args.model!r} over {args.protocol}: {exc.message()}", file=sys.stderr)
+    except (InferenceServerException, ConnectionError) as exc:
+        reason = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+        print(f"error: cannot reach model {args.model!r} over {args.protocol}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
         print(json.dumps({"results": [dataclasses.asdict(r) for r in results], "failures": failures}, indent=2))

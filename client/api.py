@@ -93,9 +93,13 @@ class ImageClassifierClient:
             self._client = self._triton.InferenceServerClient(self.url, connection_timeout=timeout, network_timeout=timeout)
         self._names: tuple[str, str] | None = None
 
-    def _tensor_names(self) -> tuple[str, str]:
+    def tensor_names(self) -> tuple[str, str]:
+        """(input, output) names of the model, from the server's metadata (fetched once)."""
         if self._names is None:
-            metadata = self._client.get_model_metadata(self.model, headers=self.headers)
+            try:
+                metadata = self._client.get_model_metadata(self.model, headers=self.headers)
+            except OSError as exc:  # the HTTP client lets socket errors through
+                raise ConnectionError(f"{self.url}: {exc}") from exc
             if self.protocol == "grpc":
                 self._names = (metadata.inputs[0].name, metadata.outputs[0].name)
             else:
@@ -104,7 +108,9 @@ class ImageClassifierClient:
 
     def classify_one(self, image: ImageInput, top_k: int = 5, index: int = 0) -> ImageResult:
         source, data = read_image(image, index)
-        input_name, output_name = self._tensor_names()
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        input_name, output_name = self.tensor_names()
         tensor = self._triton.InferInput(input_name, [1, len(data)], "UINT8")
         tensor.set_data_from_numpy(np.frombuffer(data, dtype=np.uint8)[None, :])
         output = self._triton.InferRequestedOutput(output_name, class_count=top_k)
@@ -115,6 +121,8 @@ class ImageClassifierClient:
             result = self._client.infer(self.model, [tensor], outputs=[output], headers=self.headers, **timeout)
         except InferenceServerException as exc:
             raise ClassificationError(source, exc.message()) from exc
+        except OSError as exc:
+            raise ClassificationError(source, f"connection to {self.url} failed: {exc}") from exc
         entries = result.as_numpy(output_name).reshape(-1)
         return ImageResult(source, tuple(parse_classification(e) for e in entries))
 

@@ -72,7 +72,7 @@ def _build(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (ConfigError, IntakeError, ValueError) as exc:
+    except (ConfigError, IntakeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
@@ -103,7 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     repo = args.flavor_repository or args.build_dir / "repos" / "local"
     try:
-        ensemble = load_bundle(args.repository).ensemble.name
+        bundle = load_bundle(args.repository)
+        ensemble = bundle.ensemble.name
         ports = ports_from_env()
         server = LocalServer(
             repository=repo,
@@ -118,6 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not (repo / ensemble).is_dir():
         print(f"error: {repo} has no model {ensemble!r}: run `make build` first", file=sys.stderr)
         return EXIT_USAGE
+    sample = next((args.repository / bundle.preprocess.model_name / "warmup").glob("*.*"), args.repository)
     print(f"starting tritonserver on {repo} (log: {server.log_path}) ...", flush=True)
     # Explicit handlers: a shell may start us with SIGINT ignored, and service managers send SIGTERM.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -130,7 +132,7 @@ ready: model "{ensemble}"
   HTTP     http://{server.http_url}
   metrics  {server.metrics_url}
 
-try:  {_shell_path(Path(sys.executable))} -m client classify {_shell_path(PROJECT / 'model_repository' / 'preprocess' / 'warmup' / 'sample.jpg')}
+try:  {_shell_path(Path(sys.executable))} -m client classify --url {server.grpc_url} {_shell_path(sample)}
 Ctrl-C stops the server.""", flush=True)
             server.process.wait()
             print(f"tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}", file=sys.stderr)

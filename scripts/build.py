@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import shutil
@@ -24,11 +25,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scripts import demo, export, intake, preprocess, repository
-from scripts.config import Bundle, load_bundle
+from scripts import config, demo, export, intake, preprocess, repository
+from scripts.config import Bundle, ConfigError, load_bundle
 
 DEMO = "demo"
 VERIFY_SAMPLES = 64
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def sha256_file(path: Path) -> str:
@@ -49,6 +51,22 @@ def sha256_tree(path: Path, skip_versions: bool = False) -> str:
         digest.update(str(item.relative_to(path)).encode())
         digest.update(sha256_file(item).encode())
     return digest.hexdigest()
+
+
+def outputs_digest(paths: list[Path]) -> list[str | None]:
+    """Digest of each output (file or folder); None for a missing one."""
+    return [None if not p.exists() else sha256_tree(p) if p.is_dir() else sha256_file(p) for p in paths]
+
+
+def replace_path(staging: Path, target: Path) -> None:
+    """Move a finished output into place (a folder is replaced whole)."""
+    if target.is_dir():
+        shutil.rmtree(target)
+    staging.replace(target)
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in names}
 
 
 def source_digest(*modules) -> str:
@@ -114,22 +132,33 @@ class Builder:
         self.results: list[StageResult] = []
 
     # -- the stamp mechanism ------------------------------------------------------------------
+    def _recorded(self, stamp: Path) -> dict[str, Any]:
+        try:
+            return json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            return {}  # missing or unreadable: the stage runs again
+
     def _stage(self, name: str, inputs: dict[str, Any], outputs: list[Path], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run `run` unless the stamp says these inputs already made these (unchanged) outputs."""
         stamp = self.layout.stamps / f"{name}.json"
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         number = f"[{len(self.results) + 1}/{len(STAGES)}]"
-        if not self.force and stamp.exists() and all(p.exists() for p in outputs):
-            recorded = json.loads(stamp.read_text())
-            if recorded.get("digest") == digest:
-                self.progress(f"{number} {name}: up to date")
-                self.results.append(StageResult(name, "up to date", 0.0, recorded.get("report", {})))
-                return recorded.get("report", {})
+        recorded = self._recorded(stamp)
+        if not self.force and recorded.get("digest") == digest and recorded.get("outputs") == outputs_digest(outputs):
+            self.progress(f"{number} {name}: up to date")
+            self.results.append(StageResult(name, "up to date", 0.0, recorded.get("report", {})))
+            return recorded.get("report", {})
         self.progress(f"{number} {name}: building")
+        # A stage that fails must not leave a stamp that vouches for older outputs.
+        stamp.unlink(missing_ok=True)
         started = time.monotonic()
         report = run()
         seconds = time.monotonic() - started
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"digest": digest, "inputs": inputs, "report": report}, indent=2, default=str))
+        record = {"digest": digest, "outputs": outputs_digest(outputs), "inputs": inputs, "report": report}
+        staging = stamp.with_suffix(".tmp")
+        staging.write_text(json.dumps(record, indent=2, default=str))
+        staging.replace(stamp)
         self.progress(f"{number} {name}: built in {seconds:.1f}s" + (f" ({report['summary']})" if "summary" in report else ""))
         self.results.append(StageResult(name, "built", seconds, report))
         return report
@@ -144,12 +173,16 @@ class Builder:
 
     def heldout(self) -> dict[str, Any]:
         if not self._demo_labels():
+            shutil.rmtree(self.layout.heldout, ignore_errors=True)  # images of other labels would mislead checks
             self.progress("[1/5] heldout: skipped (the labels are not demo shapes)")
             self.results.append(StageResult("heldout", "skipped", 0.0, {}))
             return {}
 
         def run():
-            count = demo.write_heldout(self.labels, self.layout.heldout)
+            staging = self.layout.heldout.with_name("heldout.tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            count = demo.write_heldout(self.labels, staging)
+            replace_path(staging, self.layout.heldout)
             return {"images": count, "summary": f"{count} JPEGs in {self.layout.heldout}"}
 
         return self._stage(
@@ -161,7 +194,10 @@ class Builder:
 
     def _model_source(self) -> dict[str, Any]:
         if self.model == DEMO:
-            demo.check_labels(self.labels)
+            try:
+                demo.check_labels(self.labels)
+            except ValueError as exc:
+                raise ConfigError(self.bundle.label_path(self.bundle.classifier_config), str(exc)) from None
             return {
                 "model": DEMO,
                 "labels": self.labels,
@@ -193,9 +229,13 @@ class Builder:
         return loaded.kind, loaded.module
 
     def verification_inputs(self) -> np.ndarray:
-        """Real images, preprocessed: the held-out JPEGs if there are any, and the warmup samples."""
+        """Real images, preprocessed: the held-out JPEGs if there are any, and the warmup images."""
         files = [path for _, path in demo.heldout_images(self.layout.heldout)][:VERIFY_SAMPLES]
-        files += sorted(self.layout.repository.glob("*/warmup/*.jpg"))
+        warmup = self.bundle.model_dir(self.bundle.preprocess.model_name) / "warmup"
+        files += sorted(p for p in warmup.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(warmup, "no image to verify the model on: put a sample image (JPEG or PNG) in this folder "
+                                      "and reference it in the preprocessing model_warmup")
         return np.stack([preprocess.reference(f.read_bytes(), self.bundle.preprocess) for f in files])
 
     def model_and_onnx(self) -> dict[str, Any]:
@@ -210,11 +250,14 @@ class Builder:
         def run():
             self.layout.artifacts.mkdir(parents=True, exist_ok=True)
             kind, module = self._load_model()
+            # Verified before it takes the place of the last good export.
+            staging = self.layout.onnx.with_suffix(".tmp.onnx")
             if module is None:
-                shutil.copy2(self.model, self.layout.onnx)
+                shutil.copy2(self.model, staging)
             else:
-                export.export(module, self.bundle.classifier, self.layout.onnx)
-            report = export.verify(self.layout.onnx, self.bundle.classifier, self.verification_inputs(), module)
+                export.export(module, self.bundle.classifier, staging)
+            report = export.verify(staging, self.bundle.classifier, self.verification_inputs(), module)
+            replace_path(staging, self.layout.onnx)
             return {
                 "kind": kind,
                 "max_abs_error": report.max_abs_error,
@@ -223,8 +266,13 @@ class Builder:
                 "summary": str(report),
             }
 
-        classifier = dataclasses.asdict(self.bundle.classifier)
-        return self._stage("onnx", {"source": source, "classifier": classifier, "code": source_digest(export)}, [self.layout.onnx], run)
+        inputs = {
+            "source": source,
+            "classifier": dataclasses.asdict(self.bundle.classifier),
+            "code": source_digest(export, intake),
+            "versions": package_versions("torch", "onnx", "onnxruntime"),
+        }
+        return self._stage("onnx", inputs, [self.layout.onnx], run)
 
     def dali(self) -> dict[str, Any]:
         import nvidia.dali
@@ -255,7 +303,7 @@ class Builder:
             "onnx": sha256_file(self.layout.onnx),
             "dali": sha256_file(self.layout.dali_cpu),
             "local_models": sha256_tree(repository.LOCAL_MODELS),
-            "code": source_digest(repository),
+            "code": source_digest(repository, config),
         }
         return self._stage("flavors", inputs, [self.layout.flavor(n) for n in names], run)
 

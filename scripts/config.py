@@ -15,6 +15,12 @@ from tritonclient.grpc import model_config_pb2
 
 ModelConfig = model_config_pb2.ModelConfig
 CONFIG_FILENAME = "config.pbtxt"
+BYTES_PER_ELEMENT = {
+    "TYPE_BOOL": 1, "TYPE_UINT8": 1, "TYPE_INT8": 1,
+    "TYPE_UINT16": 2, "TYPE_INT16": 2, "TYPE_FP16": 2, "TYPE_BF16": 2,
+    "TYPE_UINT32": 4, "TYPE_INT32": 4, "TYPE_FP32": 4,
+    "TYPE_UINT64": 8, "TYPE_INT64": 8, "TYPE_FP64": 8,
+}
 
 
 class ConfigError(ValueError):
@@ -165,11 +171,24 @@ def _preprocess_spec(config: ModelConfig, path: Path) -> PreprocessSpec:
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
+    """Labels exactly as Triton reads them: one per line, every line counts (blank ones too)."""
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(path, f"cannot read label file: {exc.strerror}") from exc
-    return tuple(line.strip() for line in lines if line.strip())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"label file is not UTF-8 text: {exc}") from exc
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or "\r" in line or line != line.strip():
+            problem = "is blank" if not line.strip() else "has a carriage return (CRLF)" if "\r" in line else "has leading or trailing spaces"
+            raise ConfigError(path, f"line {number} {problem}: Triton would serve {line!r} as a label")
+    duplicates = sorted({label for label in lines if lines.count(label) > 1})
+    if duplicates:
+        raise ConfigError(path, f"duplicate labels {duplicates}")
+    return tuple(lines)
 
 
 def _classifier_spec(config: ModelConfig, model_dir: Path, path: Path) -> ClassifierSpec:
@@ -196,6 +215,48 @@ def _classifier_spec(config: ModelConfig, model_dir: Path, path: Path) -> Classi
     )
 
 
+def _step(ensemble: ModelConfig, path: Path, role: str, *, consumes: str = "", produces: str = ""):
+    """The ensemble step that consumes an ensemble input or produces an ensemble output."""
+    for step in ensemble.ensemble_scheduling.step:
+        if consumes in step.input_map.values() or produces in step.output_map.values():
+            return step
+    tensor = consumes or produces
+    raise ConfigError(path, f'no step {"consumes" if consumes else "produces"} the ensemble tensor "{tensor}" (the {role} step)',
+                      field="ensemble_scheduling.step")
+
+
+def _check_step_maps(step, config: ModelConfig, ensemble_path: Path) -> None:
+    for kind, mapping, tensors in (("input", step.input_map, config.input), ("output", step.output_map, config.output)):
+        names = [t.name for t in tensors]
+        for key in mapping:
+            if key not in names:
+                raise ConfigError(ensemble_path, f'"{key}" is not an {kind} of model "{config.name}" (its {kind}s: {names})',
+                                  field=f"ensemble_scheduling.step[{config.name}].{kind}_map")
+
+
+def _tensor_size(data_type: int, dims) -> int:
+    count = 1
+    for d in dims:
+        count *= d
+    return count * BYTES_PER_ELEMENT[model_config_pb2.DataType.Name(data_type)]
+
+
+def _check_warmup_files(config: ModelConfig, model_dir: Path, path: Path) -> None:
+    """Triton reads warmup files as raw tensors: their size must be exactly what the dims declare."""
+    for warmup in config.model_warmup:
+        for name, data in warmup.inputs.items():
+            if not data.input_data_file:
+                continue
+            sample = model_dir / "warmup" / data.input_data_file
+            field = f"model_warmup[{warmup.name}].inputs[{name}]"
+            if not sample.is_file():
+                raise ConfigError(path, f"warmup file {sample} not found", field=field)
+            expected = _tensor_size(data.data_type, data.dims)
+            if sample.stat().st_size != expected:
+                raise ConfigError(path, f"warmup file {data.input_data_file} has {sample.stat().st_size} bytes but dims "
+                                        f"{list(data.dims)} declare {expected}: set dims to the file size", field=field)
+
+
 def load_bundle(root: Path) -> Bundle:
     """Find the ensemble in `root` and read it with its preprocessing and classifier steps."""
     root = Path(root)
@@ -209,19 +270,40 @@ def load_bundle(root: Path) -> Bundle:
     if len(ensembles) != 1:
         raise ConfigError(root, f"expected exactly one ensemble model, found {len(ensembles)}")
     ensemble = ensembles[0]
-    steps = ensemble.ensemble_scheduling.step
     ensemble_path = root / ensemble.name / CONFIG_FILENAME
-    if len(steps) != 2:
-        raise ConfigError(ensemble_path, f"expected two steps (preprocess, classifier), found {len(steps)}", field="ensemble_scheduling.step")
-    preprocess_config = _read_named(root, steps[0].model_name)
-    classifier_config = _read_named(root, steps[1].model_name)
-    preprocess = _preprocess_spec(preprocess_config, root / preprocess_config.name / CONFIG_FILENAME)
-    classifier = _classifier_spec(classifier_config, root / classifier_config.name, root / classifier_config.name / CONFIG_FILENAME)
+    if len(ensemble.input) != 1 or len(ensemble.output) != 1 or len(ensemble.ensemble_scheduling.step) != 2:
+        raise ConfigError(ensemble_path, "expected one input (image bytes), one output (scores) and two steps "
+                                         "(preprocess, classifier)")
+    # The steps are found by the wiring, not by their order in the file.
+    preprocess_step = _step(ensemble, ensemble_path, "preprocessing", consumes=ensemble.input[0].name)
+    classifier_step = _step(ensemble, ensemble_path, "classifier", produces=ensemble.output[0].name)
+    if preprocess_step is classifier_step:
+        raise ConfigError(ensemble_path, "one step both consumes the image and produces the scores", field="ensemble_scheduling.step")
+    preprocess_config = _read_named(root, preprocess_step.model_name)
+    classifier_config = _read_named(root, classifier_step.model_name)
+    preprocess_path = root / preprocess_config.name / CONFIG_FILENAME
+    classifier_path = root / classifier_config.name / CONFIG_FILENAME
+    for step, config in ((preprocess_step, preprocess_config), (classifier_step, classifier_config)):
+        _check_step_maps(step, config, ensemble_path)
+        if ensemble.max_batch_size > config.max_batch_size:
+            raise ConfigError(ensemble_path, f"max_batch_size {ensemble.max_batch_size} exceeds {config.max_batch_size} "
+                                             f'of step "{config.name}"', field="max_batch_size")
+    link = set(preprocess_step.output_map.values()) & set(classifier_step.input_map.values())
+    if not link:
+        raise ConfigError(ensemble_path, f'no tensor flows from "{preprocess_config.name}" to "{classifier_config.name}"',
+                          field="ensemble_scheduling.step")
+    preprocess = _preprocess_spec(preprocess_config, preprocess_path)
+    classifier = _classifier_spec(classifier_config, root / classifier_config.name, classifier_path)
+    if preprocess.channels != 3:
+        raise ConfigError(preprocess_path, f"output has {preprocess.channels} channels; the pipeline decodes RGB (3)", field="output.dims")
+    if min(preprocess.std) <= 0:
+        raise ConfigError(preprocess_path, f"std must be positive, found {list(preprocess.std)}", field="parameters[std]")
     if (preprocess.channels, *preprocess.crop) != classifier.input_dims:
-        raise ConfigError(
-            root / classifier_config.name / CONFIG_FILENAME,
-            f"input dims {list(classifier.input_dims)} differ from the preprocessing output "
-            f"{[preprocess.channels, *preprocess.crop]}",
-            field="input.dims",
-        )
+        raise ConfigError(classifier_path, f"input dims {list(classifier.input_dims)} differ from the preprocessing output "
+                                           f"{[preprocess.channels, *preprocess.crop]}", field="input.dims")
+    if list(ensemble.output[0].dims) != [len(classifier.labels)]:
+        raise ConfigError(ensemble_path, f"output dims {list(ensemble.output[0].dims)} differ from the classifier's "
+                                         f"{[len(classifier.labels)]}", field="output.dims")
+    _check_warmup_files(preprocess_config, root / preprocess_config.name, preprocess_path)
+    _check_warmup_files(classifier_config, root / classifier_config.name, classifier_path)
     return Bundle(root, ensemble, preprocess_config, classifier_config, preprocess, classifier)

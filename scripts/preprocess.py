@@ -73,10 +73,11 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
 
 def reference(encoded: bytes, spec: PreprocessSpec) -> np.ndarray:
     """The same preprocessing in PIL + numpy: [channels, height, width] float32."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(encoded)) as image:
-        image = image.convert("RGB")
+        # DALI's decoder applies the EXIF orientation: so must the reference.
+        image = ImageOps.exif_transpose(image).convert("RGB")
         width, height = resized_size(*image.size, spec.resize_shorter)
         image = image.resize((width, height), Image.BILINEAR)
         left, top = center_crop_box(width, height, spec.crop)

@@ -8,6 +8,7 @@ Defaults are safe: endpoints bind to 127.0.0.1, no repository polling, and the a
 
 from __future__ import annotations
 
+import ctypes.util
 import dataclasses
 import os
 import secrets
@@ -61,7 +62,7 @@ def prepare_backends(directory: Path) -> Path:
     python_dir.mkdir(parents=True, exist_ok=True)
     for source in [*(dist / "backends" / "python").glob("*.*"), stub]:
         target = python_dir / source.name
-        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+        if not target.exists() or target.read_bytes() != source.read_bytes():
             shutil.copy2(source, target)
     return directory
 
@@ -74,9 +75,14 @@ def server_environment() -> dict[str, str]:
     The stub also links libpython, found in the interpreter's LIBDIR.
     """
     dist = _pytriton_dist()
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    libpython = sysconfig.get_config_var("INSTSONAME") or ""
+    if ".so" in libpython and not (Path(libdir) / libpython).exists() and not ctypes.util.find_library(libpython[3:].split(".so")[0]):
+        raise ServerError(f"the python backend stub needs {libpython}, not found in {libdir}: install the shared "
+                          f"Python library (Debian: apt-get install lib{libpython.split('.so')[0].removeprefix('lib')})")
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), libdir]
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
@@ -86,8 +92,6 @@ def server_environment() -> dict[str, str]:
 
 def _terminate_with_parent() -> None:
     """In the child before exec: ask Linux for SIGTERM when the parent process dies."""
-    import ctypes
-
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 

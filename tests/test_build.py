@@ -23,6 +23,12 @@ def tiny_classifier(num_classes: int) -> nn.Module:
                          nn.Linear(4, num_classes), nn.Softmax(dim=1)).eval()
 
 
+def export_with_other_names(module, bundle, path):
+    """An ONNX file whose tensors are not named as the classifier config says."""
+    torch.onnx.export(module, (torch.zeros(1, *bundle.classifier.input_dims),), str(path), dynamo=False,
+                      input_names=["images"], output_names=["probs"], dynamic_axes={"images": {0: "n"}, "probs": {0: "n"}})
+
+
 def run_build(repository_dir, build_dir, model):
     builder = Builder(Layout(repository_dir, build_dir), model=str(model), progress=lambda m: None)
     return {r.name: r for r in builder.run()}, builder
@@ -79,8 +85,7 @@ def test_an_unknown_file_is_refused(tmp_path):
 def test_onnx_with_other_tensor_names_is_refused(user_models, bundle, tmp_path):
     _, module = user_models
     path = tmp_path / "renamed.onnx"
-    torch.onnx.export(module, (torch.zeros(1, *bundle.classifier.input_dims),), str(path), dynamo=False,
-                      input_names=["images"], output_names=["probs"], dynamic_axes={"images": {0: "n"}, "probs": {0: "n"}})
+    export_with_other_names(module, bundle, path)
     with pytest.raises(export.ExportError, match='input is named "images" but the classifier config says "PIXELS"'):
         export.check_signature(path, bundle.classifier)
 
@@ -174,3 +179,39 @@ def test_demo_training_is_deterministic(bundle):
     second = demo.train(labels, bundle.preprocess, progress=lambda m: None, epochs=1, per_class=4).state_dict()
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_rejected_model_never_replaces_the_last_good_one(user_models, bundle, tmp_path):
+    directory, module = user_models
+    rejected = tmp_path / "renamed.onnx"
+    export_with_other_names(module, bundle, rejected)
+    build_dir = tmp_path / "build"
+    _, builder = run_build(REPOSITORY, build_dir, directory / "model.onnx")
+    good = builder.layout.onnx.read_bytes()
+    with pytest.raises(export.ExportError):
+        run_build(REPOSITORY, build_dir, rejected)
+    assert builder.layout.onnx.read_bytes() == good
+    # Back to the good model: whatever the stamps say, what is served is the good model.
+    results, _ = run_build(REPOSITORY, build_dir, directory / "model.onnx")
+    served = builder.layout.flavor("local") / bundle.classifier.model_name / "1" / "model.onnx"
+    assert served.read_bytes() == good
+
+
+def test_a_deleted_output_is_rebuilt(user_models, bundle, tmp_path):
+    directory, _ = user_models
+    _, builder = run_build(REPOSITORY, tmp_path / "build", directory / "model.onnx")
+    (builder.layout.flavor("local") / bundle.classifier.model_name / "1" / "model.py").unlink()
+    results, _ = run_build(REPOSITORY, tmp_path / "build", directory / "model.onnx")
+    assert results["flavors"].status == "built"
+    assert (builder.layout.flavor("local") / bundle.classifier.model_name / "1" / "model.py").is_file()
+
+
+def test_heldout_images_follow_the_labels(tmp_path):
+    repo = tmp_path / "model_repository"
+    shutil.copytree(REPOSITORY, repo)
+    (repo / "classifier" / "labels.txt").write_text("circle\nsquare\ntriangle\nstar\nring\ncross\n")
+    builder = Builder(Layout(repo, tmp_path / "build"), progress=lambda m: None)
+    stale = builder.layout.heldout / "hexagon"
+    stale.mkdir(parents=True)
+    builder.heldout()
+    assert sorted(p.name for p in builder.layout.heldout.iterdir()) == sorted(builder.labels)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
 
-from scripts.config import ConfigError, load_bundle, read_config
+from scripts.config import ConfigError, load_bundle, read_config, write_config
 from tests.conftest import REPOSITORY
 
 
@@ -17,28 +18,21 @@ def repo_copy(tmp_path):
     return target
 
 
-def test_bundle_is_found_through_the_ensemble(bundle):
-    steps = bundle.ensemble.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == [bundle.preprocess.model_name, bundle.classifier.model_name]
-    assert bundle.preprocess.output_name == steps[0].output_map.keys().__iter__().__next__()
-    assert (bundle.preprocess.channels, *bundle.preprocess.crop) == bundle.classifier.input_dims
-    assert len(bundle.classifier.labels) == bundle.classifier_config.output[0].dims[0]
+def test_bundle_is_found_through_the_ensemble_wiring(bundle):
+    assert (bundle.preprocess.model_name, bundle.classifier.model_name) == ("preprocess", "classifier")
+    assert (bundle.preprocess.input_name, bundle.preprocess.output_name) == ("IMAGE", "PIXELS")
+    assert bundle.classifier.labels == ("circle", "square", "triangle", "star", "cross", "ring")
 
 
-def test_ensemble_batch_fits_every_step(bundle):
-    assert bundle.ensemble.max_batch_size <= bundle.preprocess_config.max_batch_size
-    assert bundle.ensemble.max_batch_size <= bundle.classifier_config.max_batch_size
-
-
-def test_warmup_sample_matches_its_declared_size(bundle):
-    for warmup in bundle.preprocess_config.model_warmup:
-        for name, data in warmup.inputs.items():
-            sample = bundle.model_dir(bundle.preprocess.model_name) / "warmup" / data.input_data_file
-            assert list(data.dims) == [sample.stat().st_size]
-
-
-def test_ensemble_label_file_is_the_classifiers(bundle):
-    assert bundle.label_path(bundle.ensemble) == bundle.label_path(bundle.classifier_config)
+def test_steps_are_found_by_wiring_not_by_order(repo_copy):
+    path = repo_copy / "image_classifier" / "config.pbtxt"
+    config = read_config(path)
+    steps = list(config.ensemble_scheduling.step)
+    del config.ensemble_scheduling.step[:]
+    config.ensemble_scheduling.step.extend(reversed(steps))
+    write_config(config, path)
+    bundle = load_bundle(repo_copy)
+    assert (bundle.preprocess.model_name, bundle.classifier.model_name) == ("preprocess", "classifier")
 
 
 def test_typo_in_a_field_names_file_and_line(repo_copy):
@@ -46,9 +40,7 @@ def test_typo_in_a_field_names_file_and_line(repo_copy):
     path.write_text(path.read_text().replace("max_batch_size", "max_batch_sise"))
     with pytest.raises(ConfigError) as caught:
         read_config(path)
-    message = str(caught.value)
-    assert str(path) in message and "max_batch_sise" in message
-    assert ":" in message.split("config:")[-1]  # line:column from the protobuf parser
+    assert re.search(rf"{re.escape(str(path))}: not a valid Triton model config: \d+:\d+ : .*max_batch_sise", str(caught.value))
 
 
 def test_labels_and_output_dims_must_agree(repo_copy):
@@ -83,4 +75,39 @@ def test_a_parameter_that_is_not_a_number_names_the_parameter(repo_copy):
     path = repo_copy / "preprocess" / "config.pbtxt"
     path.write_text(path.read_text().replace('string_value: "73"', 'string_value: "73px"'))
     with pytest.raises(ConfigError, match=r"\[parameters\[resize_shorter\]\]: expected a positive whole number, found \"73px\""):
+        load_bundle(repo_copy)
+
+
+def edit(path, old, new):
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("circle\r\nsquare\r\ntriangle\r\nstar\r\ncross\r\nring\r\n", "line 1 has a carriage return"),
+    ("circle\nsquare\n\ntriangle\nstar\ncross\n", "line 3 is blank"),
+    ("circle\nsquare \ntriangle\nstar\ncross\nring\n", "line 2 has leading or trailing spaces"),
+    ("circle\nsquare\ntriangle\nstar\ncross\ncircle\n", "duplicate labels ['circle']"),
+], ids=["crlf", "blank-line", "trailing-space", "duplicate"])
+def test_labels_are_read_as_triton_reads_them(repo_copy, content, message):
+    (repo_copy / "classifier" / "labels.txt").write_bytes(content.encode())
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_bundle(repo_copy)
+
+
+@pytest.mark.parametrize(("model", "old", "new", "message"), [
+    ("image_classifier", "max_batch_size: 32", "max_batch_size: 64", 'max_batch_size 64 exceeds 32 of step "preprocess"'),
+    ("image_classifier", 'input_map { key: "PIXELS"', 'input_map { key: "PIX"', '"PIX" is not an input of model "classifier"'),
+    ("image_classifier", 'output_map { key: "SCORES" value: "SCORES" }', 'output_map { key: "SCORES" value: "scores" }',
+     'no step produces the ensemble tensor "SCORES"'),
+    ("image_classifier", 'input_map { key: "PIXELS" value: "pixels" }', 'input_map { key: "PIXELS" value: "IMAGE" }',
+     'no tensor flows from "preprocess" to "classifier"'),
+    ("image_classifier", "dims: [ 6 ]", "dims: [ 7 ]", "output dims [7] differ from the classifier's [6]"),
+    ("preprocess", 'string_value: "0.229,0.224,0.225"', 'string_value: "0,0,0"', "std must be positive"),
+    ("preprocess", "dims: [ 14219 ]", "dims: [ 14000 ]", "has 14219 bytes but dims [14000] declare 14000"),
+], ids=["ensemble-batch", "bad-map-key", "output-not-produced", "steps-not-linked", "ensemble-dims", "zero-std", "warmup-size"])
+def test_bundle_mistakes_are_caught_before_triton(repo_copy, model, old, new, message):
+    edit(repo_copy / model / "config.pbtxt", old, new)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_bundle(repo_copy)

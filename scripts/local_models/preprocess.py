@@ -28,7 +28,9 @@ UNSUPPORTED = {"GIF"}
 
 
 def describe(sample: np.ndarray) -> str:
-    """Why an encoded image may have failed, from its leading bytes."""
+    """Why an encoded image may have failed, from its leading bytes (and its length less zero padding)."""
+    nonzero = np.flatnonzero(sample)
+    sample = sample[: nonzero[-1] + 1] if len(nonzero) else sample[:0]
     head = sample[:16].tobytes()
     if not len(sample):
         return "the image is empty (0 bytes)"
@@ -91,7 +93,8 @@ class TritonPythonModel:
 
     def _samples(self, request):
         images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-        # Rows of one request share a length; shorter images arrive zero-padded, which decoders ignore.
+        # Rows of one request share a length: shorter images arrive zero-padded, which decoders skip
+        # (as the DALI backend does). One image per request is exact; Triton batches requests itself.
         return [np.ascontiguousarray(row) for row in images]
 
     def _error(self, samples, exc):
