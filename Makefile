@@ -7,7 +7,9 @@ EXTRAS ?= build,local,client,test
 comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help install build serve test test-gpu clean
+REPO ?= model_repository
+
+.PHONY: help install build serve validate test test-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +27,9 @@ build: install  ## build artifacts and the cpu/local repositories (MODEL=demo or
 
 serve: build  ## build, then serve the local flavor on TRITON_{HTTP,GRPC,METRICS}_PORT (default 8000/8001/8002)
 	$(PY) -m scripts serve
+
+validate: install  ## check a model repository (REPO=model_repository, or build/repos/cpu, build/repos/local)
+	$(PY) -m scripts validate '$(REPO)'
 
 test: install  ## unit and integration tests (GPU tests are skipped)
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts build|serve --help`.
+"""Command line: `python -m scripts build|serve|validate|diff --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -55,11 +55,71 @@ def _parser() -> argparse.ArgumentParser:
                        help="the repository to serve (default: <build-dir>/repos/local)")
     serve.add_argument("--log-file", type=Path, default=None,
                        help="server log (default: <build-dir>/logs/tritonserver.log)")
+    validate = commands.add_parser("validate", help="check a model repository's configs and artifacts",
+                                   description="Check a model repository for the mistakes Triton would only report at load "
+                                               "time. Exit codes: 0 clean, 1 errors (or warnings with --strict), 2 usage.")
+    validate.add_argument("repository", nargs="?", type=Path, default=PROJECT / "model_repository",
+                          help="the repository to check (default: %(default)s); also works on build/repos/<flavor>")
+    validate.add_argument("--flavor", choices=("gpu", "cpu", "local"),
+                          help="the flavor the repository is for (default: what generated configs declare, else gpu)")
+    validate.add_argument("--strict", action="store_true", help="warnings fail too")
+    validate.add_argument("--require-artifacts", action="store_true",
+                          help="a missing model.plan/model.onnx/model.dali/model.py is an error (use right before serving)")
+    validate.add_argument("--quiet", action="store_true", help="leave out notes")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    diff = commands.add_parser("diff", help="compare committed configs with what a running server reports",
+                               description="Show, for each model of the repository, the configured fields whose live value "
+                                           "(GET /v2/models/<name>/config) differs. Exit codes: 0 same, 1 differences, 2 usage "
+                                           "or connection error. The config API is an admin API: pass the key.")
+    diff.add_argument("repository", nargs="?", type=Path, default=PROJECT / "build" / "repos" / "local",
+                      help="the repository the server was started on (default: %(default)s)")
+    diff.add_argument("--url", default=f"127.0.0.1:{os.environ.get('TRITON_HTTP_PORT', '8000')}", help="server HTTP address")
+    diff.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"), help="default: $TRITON_ADMIN_KEY")
+    diff.add_argument("--json", action="store_true", help="print the differences as JSON")
     return parser
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from scripts.validate import format_report, validate
+
+    if not args.repository.is_dir():
+        print(f"error: {args.repository}: no such folder", file=sys.stderr)
+        return EXIT_USAGE
+    report = validate(args.repository, flavor=args.flavor, require_artifacts=args.require_artifacts)
+    if args.json:
+        print(report.to_json())
+    else:
+        print("\n".join(format_report(report, notes=not args.quiet)))
+    return EXIT_OK if report.ok(strict=args.strict) else EXIT_FAILED
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from tritonclient.utils import InferenceServerException
+
+    from scripts.serve import ADMIN_HEADER
+    from scripts.validate import diff_live
+
+    headers = {ADMIN_HEADER: args.admin_key} if args.admin_key else None
+    try:
+        differences = diff_live(args.repository, args.url, headers)
+    except PermissionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InferenceServerException, OSError) as exc:
+        print(f"error: cannot reach the server at {args.url}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps([dataclasses.asdict(d) for d in differences], indent=2))
+    else:
+        for difference in differences:
+            print(difference)
+        print(f"{len(differences)} difference(s) between {args.repository} and the server at {args.url}")
+    return EXIT_FAILED if differences else EXIT_OK
+
+
 def _build(args: argparse.Namespace) -> int:
-    from scripts.build import Builder, Layout
+    from scripts.build import BuildError, Builder, Layout
     from scripts.intake import IntakeError
     from scripts.export import ExportError
 
@@ -69,7 +129,7 @@ def _build(args: argparse.Namespace) -> int:
         builder = Builder(Layout(args.repository, args.build_dir), model=args.model, force=args.force,
                           progress=lambda message: print(message, file=progress_stream, flush=True))
         results = builder.run(flavors)
-    except ExportError as exc:
+    except (ExportError, BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (ConfigError, IntakeError) as exc:
@@ -119,6 +179,12 @@ def _serve(args: argparse.Namespace) -> int:
     if not (repo / ensemble).is_dir():
         print(f"error: {repo} has no model {ensemble!r}: run `make build` first", file=sys.stderr)
         return EXIT_USAGE
+    from scripts.validate import validate
+
+    report = validate(repo, require_artifacts=True)
+    if not report.ok():
+        print("\n".join(str(f) for f in report.errors) + f"\nerror: {report.summary()}", file=sys.stderr)
+        return EXIT_USAGE
     sample = next((args.repository / bundle.preprocess.model_name / "warmup").glob("*.*"), args.repository)
     print(f"starting tritonserver on {repo} (log: {server.log_path}) ...", flush=True)
     # Explicit handlers: a shell may start us with SIGINT ignored, and service managers send SIGTERM.
@@ -149,7 +215,7 @@ Ctrl-C stops the server.""", flush=True)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"build": _build, "serve": _serve}[args.command](args)
+    return {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff}[args.command](args)
 
 
 if __name__ == "__main__":

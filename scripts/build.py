@@ -26,7 +26,9 @@ from typing import Any, Callable
 import numpy as np
 
 from scripts import config, demo, export, intake, preprocess, repository
+from scripts import validate as validate_module
 from scripts.config import Bundle, ConfigError, load_bundle
+from scripts.validate import validate
 
 DEMO = "demo"
 VERIFY_SAMPLES = 64
@@ -71,6 +73,10 @@ def package_versions(*names: str) -> dict[str, str]:
 
 def source_digest(*modules) -> str:
     return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()
+
+
+class BuildError(RuntimeError):
+    """A build output failed its checks."""
 
 
 @dataclasses.dataclass
@@ -294,8 +300,13 @@ class Builder:
 
         def run():
             for name in names:
-                repository.generate(self.bundle, name, self.layout.flavor(name), artifacts)
-            return {"summary": ", ".join(str(self.layout.flavor(n)) for n in names)}
+                target = repository.generate(self.bundle, name, self.layout.flavor(name), artifacts)
+                report = validate(target, flavor=name, require_artifacts=True)
+                if not report.ok():
+                    shutil.rmtree(target)
+                    details = "\n".join(str(f) for f in report.errors)
+                    raise BuildError(f"the generated {name} repository does not validate:\n{details}")
+            return {"summary": "validated " + ", ".join(str(self.layout.flavor(n)) for n in names)}
 
         inputs = {
             "flavors": names,
@@ -303,7 +314,7 @@ class Builder:
             "onnx": sha256_file(self.layout.onnx),
             "dali": sha256_file(self.layout.dali_cpu),
             "local_models": sha256_tree(repository.LOCAL_MODELS),
-            "code": source_digest(repository, config),
+            "code": source_digest(repository, config, validate_module),
         }
         return self._stage("flavors", inputs, [self.layout.flavor(n) for n in names], run)
 

@@ -104,7 +104,7 @@ class LocalServer:
     grpc_port: int = DEFAULT_PORTS["grpc"]
     metrics_port: int = DEFAULT_PORTS["metrics"]
     address: str = "127.0.0.1"
-    admin_key: str = dataclasses.field(default_factory=lambda: os.environ.get("TRITON_ADMIN_KEY") or secrets.token_urlsafe(24))
+    admin_key: str = dataclasses.field(default_factory=lambda: os.environ.get("TRITON_ADMIN_KEY") or secrets.token_hex(24))
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 

@@ -1,0 +1,655 @@
+"""Validate: a model repository in, findings out (file, line, model, field, expected, found, hint).
+
+Catches in seconds, with no GPU and no server, the mistakes Triton would only report when it fails
+to load a model: schema typos, folder layout, ensemble wiring, artifacts that do not fit their
+configs, labels, batching, instance kinds and warmup data. Every config is parsed with Triton's
+`ModelConfig` protobuf schema.
+
+Severities: `error` (Triton would refuse or misbehave), `warning` (legal but likely a mistake; fails
+under --strict), `note` (information, e.g. an artifact that a later build step produces).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from google.protobuf import text_format
+
+from scripts.config import (
+    BYTES_PER_ELEMENT,
+    CONFIG_FILENAME,
+    GENERATED_MARKER,
+    ModelConfig,
+    label_problems,
+    model_config_pb2,
+)
+
+ERROR, WARNING, NOTE = "error", "warning", "note"
+FLAVORS = ("gpu", "cpu", "local")
+MAX_SANE_QUEUE_DELAY_US = 100_000  # 100 ms: beyond this a "batching delay" is a latency bug
+
+# What each backend/platform loads from a version folder, and what produces it in this project.
+ARTIFACTS = {
+    "tensorrt_plan": (("model.plan",), "the engine build on the GPU box (docker compose `builder`)"),
+    "onnxruntime_onnx": (("model.onnx",), "`make build` (ONNX export)"),
+    "dali": (("model.dali", "dali.py"), "`make build` (CPU flavors) or the compose `builder` (gpu flavor)"),
+    "python": (("model.py",), "`make build` (local flavor)"),
+}
+BACKEND_PLATFORM = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx", "dali": "dali", "python": "python"}
+ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
+              7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64",
+              16: "TYPE_BF16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    severity: str
+    code: str
+    file: str
+    line: int | None
+    model: str | None
+    field: str | None
+    expected: str
+    found: str
+    hint: str
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "")
+        subject = ": ".join(part for part in (f'model "{self.model}"' if self.model else "", self.field or "") if part)
+        text = f"{where}: {self.severity} [{self.code}] {subject}: expected {self.expected}, found {self.found}"
+        return text + (f"\n    hint: {self.hint}" if self.hint else "")
+
+
+@dataclasses.dataclass
+class Report:
+    repository: str
+    flavor: str
+    models: list[str]
+    findings: list[Finding]
+    seconds: float
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == WARNING]
+
+    def ok(self, strict: bool = False) -> bool:
+        return not self.errors and not (strict and self.warnings)
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "errors": len(self.errors), "warnings": len(self.warnings)}, indent=2)
+
+    def summary(self) -> str:
+        return (f"{self.repository} ({self.flavor} flavor, {len(self.models)} models): {len(self.errors)} errors, "
+                f"{len(self.warnings)} warnings, checked in {self.seconds:.2f}s")
+
+
+@dataclasses.dataclass
+class Model:
+    """One parsed model: its config, the config's path and text (for line numbers)."""
+
+    name: str
+    path: Path
+    text: str
+    config: ModelConfig
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    @property
+    def kind(self) -> str:
+        """The platform, or the platform a backend stands for ("tensorrt_plan", "python", ...)."""
+        if self.config.platform:
+            return self.config.platform
+        return BACKEND_PLATFORM.get(self.config.backend, self.config.backend)
+
+    def versions(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def line(self, *patterns: str) -> int | None:
+        """Line of the last of `patterns`, each searched from where the previous one matched."""
+        lines = self.text.splitlines()
+        start, found = 0, None
+        for pattern in patterns:
+            regex = re.compile(pattern)
+            for number in range(start, len(lines)):
+                if regex.search(lines[number]):
+                    start, found = number + 1, number + 1
+                    break
+            else:
+                return found
+        return found
+
+
+class Checker:
+    """Collects findings for one repository."""
+
+    def __init__(self, root: Path, flavor: str | None, require_artifacts: bool, artifacts: bool):
+        self.root = Path(root)
+        self.require_artifacts = require_artifacts
+        self.check_artifact_contents = artifacts
+        self.findings: list[Finding] = []
+        self.models: dict[str, Model] = {}
+        self.unparsable: set[str] = set()  # reported once, as parse errors
+        self.flavor = flavor or "gpu"
+
+    def add(self, severity: str, code: str, model: Model | str | None, field: str | None, expected, found, hint: str = "",
+            line: int | None = None, file: Path | None = None) -> None:
+        """Record a finding; `model` is a parsed Model, or just a name when the config did not parse."""
+        path = file or (model.path if isinstance(model, Model) else self.root)
+        name = model.name if isinstance(model, Model) else model
+        self.findings.append(Finding(severity, code, str(path), line, name, field, str(expected), str(found), hint))
+
+    # -- 1. syntax and schema ----------------------------------------------------------------
+    def load(self) -> None:
+        if not self.root.is_dir():
+            self.add(ERROR, "repository-missing", None, None, "a model repository folder", "nothing at this path")
+            return
+        declared_flavors = set()
+        for path in sorted(self.root.glob(f"*/{CONFIG_FILENAME}")):
+            text = path.read_text()
+            marker = re.search(GENERATED_MARKER, text)
+            if marker:
+                declared_flavors.add(marker.group(1))
+            try:
+                config = text_format.Parse(text, ModelConfig())
+            except text_format.ParseError as exc:
+                line = exc.GetLine() if hasattr(exc, "GetLine") else None
+                self.add(ERROR, "parse-error", path.parent.name, None, "a valid Triton ModelConfig (text format)", str(exc),
+                         "check the spelling of the field named in the message against Triton's model_config.proto",
+                         line=line, file=path)
+                self.unparsable.add(path.parent.name)
+                continue
+            model = Model(path.parent.name, path, text, config)
+            if config.name and config.name != model.name:
+                self.add(ERROR, "name-mismatch", model, "name", f'"{model.name}" (the folder name)', f'"{config.name}"',
+                         "Triton names a model after its folder: rename one of them", line=model.line(r"^\s*name\s*:"))
+            self.models[model.name] = model
+        if not self.models and not self.findings:
+            self.add(ERROR, "repository-empty", None, None, f"model folders holding a {CONFIG_FILENAME}", "none")
+        if len(declared_flavors) == 1 and self.flavor == "gpu":
+            self.flavor = declared_flavors.pop()
+
+    # -- 2. layout -----------------------------------------------------------------------------
+    def layout(self, model: Model) -> None:
+        kind = model.kind
+        if kind != "ensemble" and kind not in ARTIFACTS:
+            self.add(WARNING, "unknown-backend", model, "backend/platform", "one of " + ", ".join(sorted(ARTIFACTS)),
+                     kind or "nothing", "this validator cannot check that model's artifacts")
+        versions = model.versions()
+        if not versions:
+            self.add(ERROR, "no-version-folder", model, None, "a numeric version folder, e.g. 1/", "none",
+                     f"create {model.directory / '1'}/ (Triton loads no version otherwise)")
+        if kind in ARTIFACTS:
+            names, producer = ARTIFACTS[kind]
+            if model.config.default_model_filename:
+                names = (model.config.default_model_filename,)
+            for version in versions:
+                if not any((version / name).exists() for name in names):
+                    severity = ERROR if self.require_artifacts else NOTE
+                    self.add(severity, "missing-artifact", model, f"version {version.name}", " or ".join(names),
+                             f"nothing in {version}", f"produced by {producer}")
+        for output in model.config.output:
+            if output.label_filename and not (model.directory / output.label_filename).is_file():
+                self.add(ERROR, "missing-label-file", model, f"output[{output.name}].label_filename",
+                         f"a file {model.directory / output.label_filename}", "no such file",
+                         line=model.line(rf'name:\s*"{re.escape(output.name)}"', r"label_filename"))
+
+    # -- 3. ensemble wiring --------------------------------------------------------------------
+    @staticmethod
+    def _full_shape(config: ModelConfig, dims) -> list[int]:
+        return ([-1] if config.max_batch_size > 0 else []) + list(dims)
+
+    @staticmethod
+    def _dims_compatible(a: list[int], b: list[int]) -> bool:
+        return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+
+    def ensemble(self, model: Model) -> None:
+        config = model.config
+        steps = list(config.ensemble_scheduling.step)
+        if any(step.model_name in self.unparsable for step in steps):
+            return  # its wiring cannot be checked until the step's config parses (already reported)
+        if not steps:
+            self.add(ERROR, "ensemble-no-steps", model, "ensemble_scheduling.step", "at least one step", "none")
+            return
+        # tensor name -> (data type, full shape, who) for everything an ensemble tensor can come from
+        produced: dict[str, tuple[int, list[int], str]] = {
+            t.name: (t.data_type, self._full_shape(config, t.dims), f'ensemble input "{t.name}"') for t in config.input
+        }
+        consumed: dict[str, list[str]] = {}
+        edges: dict[int, set[int]] = {i: set() for i in range(len(steps))}
+        producer_step: dict[str, int] = {}
+        consumers: list[tuple[int, str, str, Model]] = []
+        for index, step in enumerate(steps):
+            target = self.models.get(step.model_name)
+            field = f"ensemble_scheduling.step[{step.model_name}]"
+            line = model.line(rf'model_name:\s*"{re.escape(step.model_name)}"')
+            if target is None:
+                self.add(ERROR, "step-model-missing", model, field, f'a model "{step.model_name}" in {self.root}',
+                         "no such model folder", line=line)
+                continue
+            if config.max_batch_size > target.config.max_batch_size:
+                self.add(ERROR, "ensemble-batch-too-large", model, "max_batch_size",
+                         f"<= {target.config.max_batch_size} (max_batch_size of step \"{target.name}\")",
+                         config.max_batch_size, "Triton refuses an ensemble that can batch more than a step",
+                         line=model.line(r"^\s*max_batch_size\s*:"))
+            inputs = {t.name: t for t in target.config.input}
+            outputs = {t.name: t for t in target.config.output}
+            for kind, mapping, tensors in (("input", step.input_map, inputs), ("output", step.output_map, outputs)):
+                for key, value in mapping.items():
+                    if key not in tensors:
+                        self.add(ERROR, "map-key-unknown", model, f"{field}.{kind}_map[{key}]",
+                                 f'an {kind} of "{target.name}": {sorted(tensors)}', f'"{key}"',
+                                 f"{kind}_map keys are the step model's tensor names; values are ensemble tensors",
+                                 line=model.line(rf'model_name:\s*"{re.escape(step.model_name)}"', rf'key:\s*"{re.escape(key)}"'))
+            for name, tensor in inputs.items():
+                if name not in step.input_map and not tensor.optional:
+                    self.add(ERROR, "input-not-mapped", model, f"{field}.input_map", f'an entry for input "{name}"',
+                             "none", line=line)
+            for key, value in step.output_map.items():
+                if key not in outputs:
+                    continue
+                shape = self._full_shape(target.config, outputs[key].dims)
+                if value in producer_step or value in produced:
+                    self.add(ERROR, "tensor-produced-twice", model, f"{field}.output_map[{key}]",
+                             f'"{value}" produced once', "a second producer", line=line)
+                produced[value] = (outputs[key].data_type, shape, f'output "{key}" of "{target.name}"')
+                producer_step[value] = index
+            for key, value in step.input_map.items():
+                if key in inputs:
+                    consumed.setdefault(value, []).append(target.name)
+                    consumers.append((index, key, value, target))
+        for index, key, value, target in consumers:
+            field = f"ensemble_scheduling.step[{target.name}].input_map[{key}]"
+            line = model.line(rf'model_name:\s*"{re.escape(target.name)}"', rf'value:\s*"{re.escape(value)}"')
+            if value not in produced:
+                self.add(ERROR, "tensor-not-produced", model, field, f'"{value}" to be an ensemble input or a step output',
+                         "no producer", "map it from an ensemble input or another step's output_map", line=line)
+                continue
+            if value in producer_step:
+                edges[producer_step[value]].add(index)
+            dtype, shape, source = produced[value]
+            tensor = next(t for t in target.config.input if t.name == key)
+            want = self._full_shape(target.config, tensor.dims)
+            if tensor.data_type != dtype:
+                self.add(ERROR, "dtype-mismatch", model, field,
+                         f"{model_config_pb2.DataType.Name(tensor.data_type)} (input \"{key}\" of \"{target.name}\")",
+                         f"{model_config_pb2.DataType.Name(dtype)} from {source}", line=line)
+            elif not self._dims_compatible(want, shape):
+                self.add(ERROR, "dims-mismatch", model, field, f"{want} (input \"{key}\" of \"{target.name}\", batch first)",
+                         f"{shape} from {source}", "dims exclude the batch dimension when max_batch_size > 0", line=line)
+        for tensor in config.output:
+            field = f"output[{tensor.name}]"
+            line = model.line(rf'name:\s*"{re.escape(tensor.name)}"')
+            if tensor.name not in producer_step:
+                self.add(ERROR, "ensemble-output-not-produced", model, field, "a step whose output_map produces it",
+                         "no producer", line=line)
+                continue
+            dtype, shape, source = produced[tensor.name]
+            want = self._full_shape(config, tensor.dims)
+            if dtype != tensor.data_type:
+                self.add(ERROR, "dtype-mismatch", model, field, model_config_pb2.DataType.Name(tensor.data_type),
+                         f"{model_config_pb2.DataType.Name(dtype)} from {source}", line=line)
+            elif not self._dims_compatible(want, shape):
+                self.add(ERROR, "dims-mismatch", model, field, f"{want} (batch first)", f"{shape} from {source}", line=line)
+        ensemble_outputs = {t.name for t in config.output}
+        for tensor in config.input:
+            if tensor.name not in consumed:
+                self.add(WARNING, "ensemble-input-unused", model, f"input[{tensor.name}]", "a step that consumes it",
+                         "none", line=model.line(rf'name:\s*"{re.escape(tensor.name)}"'))
+        for name, index in producer_step.items():
+            if name not in consumed and name not in ensemble_outputs:
+                self.add(WARNING, "output-unused", model, f"ensemble_scheduling.step[{steps[index].model_name}].output_map",
+                         f'"{name}" consumed by a step or returned', "computed and dropped",
+                         "remove the mapping, or return it as an ensemble output")
+        cycle = self._cycle(edges)
+        if cycle:
+            names = " -> ".join(steps[i].model_name for i in cycle)
+            self.add(ERROR, "cycle", model, "ensemble_scheduling.step", "steps that form a DAG", f"the cycle {names}")
+
+    @staticmethod
+    def _cycle(edges: dict[int, set[int]]) -> list[int] | None:
+        state: dict[int, int] = {}
+        path: list[int] = []
+
+        def visit(node: int) -> list[int] | None:
+            state[node] = 1
+            path.append(node)
+            for nxt in sorted(edges[node]):
+                if state.get(nxt) == 1:
+                    return path[path.index(nxt):] + [nxt]
+                if nxt not in state:
+                    found = visit(nxt)
+                    if found:
+                        return found
+            state[node] = 2
+            path.pop()
+            return None
+
+        for node in edges:
+            if node not in state:
+                found = visit(node)
+                if found:
+                    return found
+        return None
+
+    # -- 4. artifacts against configs ----------------------------------------------------------
+    def artifacts(self, model: Model) -> None:
+        for version in model.versions():
+            onnx_file = version / "model.onnx"
+            if onnx_file.is_file() and model.kind in ("onnxruntime_onnx", "python"):
+                self._onnx(model, onnx_file)
+            if (version / "model.plan").is_file():
+                self._plan_metadata(model, version)
+            if (version / "model.dali").is_file():
+                self._dali(model, version / "model.dali")
+
+    def _onnx(self, model: Model, path: Path) -> None:
+        import onnx
+
+        try:
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception as exc:
+            self.add(ERROR, "onnx-unreadable", model, None, "a readable ONNX model", str(exc), file=path)
+            return
+        initializers = {i.name for i in graph.initializer}
+        actual = {"input": {t.name: t for t in graph.input if t.name not in initializers},
+                  "output": {t.name: t for t in graph.output}}
+        for kind, tensors in (("input", model.config.input), ("output", model.config.output)):
+            for tensor in tensors:
+                field = f"{kind}[{tensor.name}]"
+                line = model.line(rf'name:\s*"{re.escape(tensor.name)}"')
+                found = actual[kind].get(tensor.name)
+                if found is None:
+                    self.add(ERROR, "onnx-mismatch", model, field, f'an ONNX {kind} "{tensor.name}"',
+                             f"ONNX {kind}s {sorted(actual[kind])} in {path.name}", line=line)
+                    continue
+                onnx_type = ONNX_TYPES.get(found.type.tensor_type.elem_type, str(found.type.tensor_type.elem_type))
+                if onnx_type != model_config_pb2.DataType.Name(tensor.data_type):
+                    self.add(ERROR, "onnx-mismatch", model, f"{field}.data_type", model_config_pb2.DataType.Name(tensor.data_type),
+                             f"{onnx_type} in {path.name}", line=line)
+                dims = [d.dim_value if d.HasField("dim_value") else -1 for d in found.type.tensor_type.shape.dim]
+                want = self._full_shape(model.config, tensor.dims)
+                if not self._dims_compatible(want, dims):
+                    self.add(ERROR, "onnx-mismatch", model, f"{field}.dims", f"{want} (batch first)", f"{dims} in {path.name}",
+                             line=line)
+
+    def _plan_metadata(self, model: Model, version: Path) -> None:
+        meta_path = version / "model.plan.json"
+        if not meta_path.is_file():
+            self.add(WARNING, "plan-metadata-missing", model, f"version {version.name}", f"{meta_path.name} beside model.plan",
+                     "none", "rebuild the engine with this project's engine build: it records the profile it was built with")
+            return
+        try:
+            meta = json.loads(meta_path.read_text())
+            profile = meta["profile"]
+        except (ValueError, KeyError) as exc:
+            self.add(ERROR, "plan-metadata-unreadable", model, None, "engine metadata with a profile", str(exc), file=meta_path)
+            return
+        if int(profile.get("max", 0)) < model.config.max_batch_size:
+            self.add(ERROR, "plan-profile-too-small", model, "max_batch_size",
+                     f"an optimization profile with max >= {model.config.max_batch_size}", f"max {profile.get('max')}",
+                     "rebuild the engine after changing max_batch_size", file=meta_path)
+        for tensor in model.config.input:
+            shape = meta.get("inputs", {}).get(tensor.name)
+            if shape is not None and list(shape) != list(tensor.dims):
+                self.add(ERROR, "plan-shape-mismatch", model, f"input[{tensor.name}].dims", list(tensor.dims),
+                         f"{shape} in the engine", "rebuild the engine", file=meta_path)
+
+    def _dali(self, model: Model, path: Path) -> None:
+        try:
+            from nvidia.dali import Pipeline
+
+            pipeline = Pipeline.deserialize(serialized_pipeline=path.read_bytes(), device_id=None)
+        except ImportError:
+            return
+        except Exception as exc:
+            self.add(ERROR, "dali-unreadable", model, None, "a serialized DALI pipeline", str(exc).splitlines()[0],
+                     "serialize with the DALI of the server (`make build`, or the compose builder)", file=path)
+            return
+        if pipeline.max_batch_size != model.config.max_batch_size:
+            self.add(WARNING, "dali-batch-mismatch", model, "max_batch_size", f"{model.config.max_batch_size} (the pipeline's batch size)",
+                     pipeline.max_batch_size, "rebuild model.dali after changing max_batch_size", file=path)
+        if pipeline.num_outputs != len(model.config.output):
+            self.add(ERROR, "dali-outputs-mismatch", model, "output", f"{pipeline.num_outputs} outputs (as the pipeline)",
+                     len(model.config.output), file=path)
+
+    # -- 5. labels -----------------------------------------------------------------------------
+    def labels(self, model: Model) -> None:
+        for output in model.config.output:
+            path = model.directory / output.label_filename if output.label_filename else None
+            if path is None or not path.is_file():
+                continue
+            field = f"output[{output.name}].label_filename"
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            for number, problem in label_problems(text):
+                self.add(ERROR, "labels-format", model, field, "one label per line", f"line {number} {problem}",
+                         "Triton serves every line as a label, as it is", file=path)
+            count = len(text.split("\n")) - (1 if text.endswith("\n") else 0) if text else 0
+            classes = 1
+            for d in output.dims:
+                classes *= d
+            if count != classes:
+                self.add(ERROR, "labels-count-mismatch", model, f"output[{output.name}].dims",
+                         f"{count} classes (the lines of {output.label_filename})", f"dims {list(output.dims)}",
+                         "one label per class, in output order", line=model.line(rf'name:\s*"{re.escape(output.name)}"', r"\bdims\b"))
+
+    # -- 6. batching and instances -------------------------------------------------------------
+    def batching(self, model: Model) -> None:
+        config = model.config
+        if config.HasField("dynamic_batching"):
+            batching = config.dynamic_batching
+            if config.max_batch_size <= 0:
+                self.add(WARNING, "batching-without-batch", model, "dynamic_batching", "max_batch_size > 0", config.max_batch_size,
+                         "dynamic batching has no effect on a model that does not batch", line=model.line(r"dynamic_batching"))
+            for size in batching.preferred_batch_size:
+                if size < 1 or size > config.max_batch_size:
+                    self.add(ERROR, "preferred-batch-invalid", model, "dynamic_batching.preferred_batch_size",
+                             f"sizes in 1..{config.max_batch_size} (max_batch_size)", size, line=model.line(r"preferred_batch_size"))
+            if batching.max_queue_delay_microseconds > MAX_SANE_QUEUE_DELAY_US:
+                self.add(WARNING, "queue-delay-high", model, "dynamic_batching.max_queue_delay_microseconds",
+                         f"<= {MAX_SANE_QUEUE_DELAY_US} (100 ms)", batching.max_queue_delay_microseconds,
+                         "every request may wait this long for a batch to fill", line=model.line(r"max_queue_delay_microseconds"))
+        for index, group in enumerate(config.instance_group):
+            field = f"instance_group[{index}]"
+            if group.count < 0:
+                self.add(ERROR, "instance-count-invalid", model, f"{field}.count", ">= 1", group.count, line=model.line(r"\bcount\s*:"))
+            if group.kind == group.KIND_GPU and self.flavor in ("cpu", "local"):
+                self.add(ERROR, "gpu-instance-in-cpu-flavor", model, f"{field}.kind", "KIND_CPU", "KIND_GPU",
+                         f"the {self.flavor} flavor has no GPU: regenerate it with `make build`", line=model.line(r"KIND_GPU"))
+            if group.kind == group.KIND_CPU and model.kind == "tensorrt_plan":
+                self.add(ERROR, "cpu-instance-for-tensorrt", model, f"{field}.kind", "KIND_GPU", "KIND_CPU",
+                         "TensorRT engines run only on a GPU", line=model.line(r"KIND_CPU"))
+
+    # -- 7. warmup -----------------------------------------------------------------------------
+    def warmup(self, model: Model) -> None:
+        config = model.config
+        if config.model_warmup and model.kind == "ensemble":
+            self.add(ERROR, "warmup-on-ensemble", model, "model_warmup", "no warmup (ensembles are warmed up through their steps)",
+                     f"{len(config.model_warmup)} warmup entries", line=model.line(r"model_warmup"))
+            return
+        inputs = {t.name: t for t in config.input}
+        for warmup in config.model_warmup:
+            name_line = model.line(rf'name:\s*"{re.escape(warmup.name)}"') if warmup.name else model.line(r"model_warmup")
+            if config.max_batch_size > 0 and not 1 <= warmup.batch_size <= config.max_batch_size:
+                self.add(ERROR, "warmup-batch-invalid", model, f"model_warmup[{warmup.name}].batch_size",
+                         f"1..{config.max_batch_size}", warmup.batch_size, line=name_line)
+            for key, data in warmup.inputs.items():
+                field = f"model_warmup[{warmup.name}].inputs[{key}]"
+                tensor = inputs.get(key)
+                if tensor is None:
+                    self.add(ERROR, "warmup-input-unknown", model, field, f"one of the inputs {sorted(inputs)}", f'"{key}"', line=name_line)
+                    continue
+                if data.data_type != tensor.data_type:
+                    self.add(ERROR, "warmup-dtype-mismatch", model, f"{field}.data_type", model_config_pb2.DataType.Name(tensor.data_type),
+                             model_config_pb2.DataType.Name(data.data_type), line=name_line)
+                if not self._dims_compatible(list(tensor.dims), list(data.dims)) or any(d < 0 for d in data.dims):
+                    self.add(ERROR, "warmup-dims-mismatch", model, f"{field}.dims",
+                             f"{list(tensor.dims)} with every -1 made concrete", list(data.dims), line=name_line)
+                    continue
+                if data.input_data_file:
+                    self._warmup_file(model, field, data, name_line)
+
+    def _warmup_file(self, model: Model, field: str, data, line: int | None) -> None:
+        sample = model.directory / "warmup" / data.input_data_file
+        if not sample.is_file():
+            self.add(ERROR, "warmup-file-missing", model, f"{field}.input_data_file", f"a file {sample}", "no such file", line=line)
+            return
+        type_name = model_config_pb2.DataType.Name(data.data_type)
+        if type_name not in BYTES_PER_ELEMENT:
+            return
+        expected = BYTES_PER_ELEMENT[type_name]
+        for d in data.dims:
+            expected *= d
+        if sample.stat().st_size != expected:
+            self.add(ERROR, "warmup-file-size", model, f"{field}.dims", f"{expected} bytes (what dims {list(data.dims)} declare)",
+                     f"{sample.stat().st_size} bytes in {sample.name}", "Triton reads the file as a raw tensor: set dims to "
+                     "match the file (for encoded images, dims: [ <file size> ])", line=line)
+
+    # -- preprocessing parameters of this bundle -----------------------------------------------
+    def preprocessing_parameters(self, model: Model) -> None:
+        params = model.config.parameters
+        if "resize_shorter" not in params:
+            return
+        line = model.line(r"resize_shorter")
+        text = params["resize_shorter"].string_value
+        dims = list(model.config.output[0].dims) if model.config.output else []
+        if not text.strip().isdigit() or int(text) < 1:
+            self.add(ERROR, "parameter-invalid", model, "parameters[resize_shorter]", "a positive whole number", f'"{text}"', line=line)
+        elif len(dims) == 3 and int(text) < max(dims[1:]):
+            self.add(ERROR, "parameter-invalid", model, "parameters[resize_shorter]", f">= the crop {dims[1]}x{dims[2]}", text,
+                     "the center crop cannot be larger than the resized image", line=line)
+        if len(dims) != 3 or dims[0] != 3:
+            self.add(ERROR, "preprocess-output-invalid", model, "output.dims", "[3, height, width] (RGB, CHW)", dims,
+                     line=model.line(r"^\s*output", r"\bdims\b"))
+        if "num_threads" in params and not params["num_threads"].string_value.strip().isdigit():
+            self.add(ERROR, "parameter-invalid", model, "parameters[num_threads]", "a positive whole number",
+                     f'"{params["num_threads"].string_value}"', line=model.line(r"num_threads"))
+        for key in ("mean", "std"):
+            raw = params[key].string_value if key in params else ""
+            try:
+                values = [float(v) for v in raw.split(",")]
+            except ValueError:
+                values = []
+            if len(values) != 3 or (key == "std" and min(values) <= 0):
+                self.add(ERROR, "parameter-invalid", model, f"parameters[{key}]",
+                         "three comma-separated numbers" + (", all > 0" if key == "std" else ""), f'"{raw}"',
+                         line=model.line(rf'"{key}"'))
+
+    def run(self) -> None:
+        self.load()
+        for model in self.models.values():
+            self.layout(model)
+            if model.kind == "ensemble":
+                self.ensemble(model)
+            if self.check_artifact_contents:
+                self.artifacts(model)
+            self.labels(model)
+            self.batching(model)
+            self.warmup(model)
+            self.preprocessing_parameters(model)
+
+
+def validate(root: Path, flavor: str | None = None, require_artifacts: bool = False, artifacts: bool = True) -> Report:
+    """Check every model in `root`. `flavor` defaults to what generated configs declare, else gpu."""
+    started = time.perf_counter()
+    checker = Checker(root, flavor, require_artifacts, artifacts)
+    checker.run()
+    order = {ERROR: 0, WARNING: 1, NOTE: 2}
+    findings = sorted(checker.findings, key=lambda f: (order[f.severity], f.file, f.line or 0))
+    return Report(str(root), checker.flavor, sorted(checker.models), findings, time.perf_counter() - started)
+
+
+def format_report(report: Report, notes: bool = True) -> Iterable[str]:
+    for finding in report.findings:
+        if notes or finding.severity != NOTE:
+            yield str(finding)
+    yield report.summary()
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    model: str
+    field: str
+    committed: str
+    live: str
+
+    def __str__(self) -> str:
+        return f'model "{self.model}": {self.field}: committed {self.committed}, live {self.live}'
+
+
+def _repeated(descriptor) -> bool:
+    # protobuf 5+ names it is_repeated; `label` is deprecated there.
+    return descriptor.is_repeated if hasattr(descriptor, "is_repeated") else descriptor.label == descriptor.LABEL_REPEATED
+
+
+def _render(descriptor, value) -> str:
+    if hasattr(value, "ListFields"):
+        return text_format.MessageToString(value, as_one_line=True)
+    if descriptor.enum_type is not None and isinstance(value, int):
+        return descriptor.enum_type.values_by_number[value].name
+    if _repeated(descriptor):
+        return str([_render_scalar(descriptor, v) for v in value])
+    return repr(value)
+
+
+def _render_scalar(descriptor, value) -> str:
+    return descriptor.enum_type.values_by_number[value].name if descriptor.enum_type is not None else value
+
+
+def _differences(model: str, committed, live, prefix: str = "") -> Iterator[Difference]:
+    """Fields set in `committed` whose live value differs (fields only the server set are its defaults)."""
+    for descriptor, value in committed.ListFields():
+        field = f"{prefix}{descriptor.name}"
+        live_value = getattr(live, descriptor.name)
+        if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            for key in sorted(set(value) | set(live_value)):
+                mine = _render(descriptor, value[key]) if key in value else "absent"
+                theirs = _render(descriptor, live_value[key]) if key in live_value else "absent"
+                if mine != theirs:
+                    yield Difference(model, f"{field}[{key}]", mine, theirs)
+        elif descriptor.message_type is not None and _repeated(descriptor):
+            if len(value) != len(live_value):
+                yield Difference(model, field, f"{len(value)} entries", f"{len(live_value)} entries")
+                continue
+            for index, (mine, theirs) in enumerate(zip(value, live_value)):
+                yield from _differences(model, mine, theirs, prefix=f"{field}[{index}].")
+        elif descriptor.message_type is not None:
+            yield from _differences(model, value, live_value, prefix=f"{field}.")
+        elif value != live_value:
+            yield Difference(model, field, _render(descriptor, value), _render(descriptor, live_value))
+
+
+def diff_live(root: Path, url: str, headers: dict[str, str] | None = None) -> list[Difference]:
+    """How each committed config in `root` differs from what the server at `url` (HTTP) reports."""
+    import tritonclient.http as httpclient
+    from google.protobuf import json_format
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url)
+    differences = []
+    try:
+        for path in sorted(Path(root).glob(f"*/{CONFIG_FILENAME}")):
+            name = path.parent.name
+            committed = text_format.Parse(path.read_text(), ModelConfig())
+            try:
+                live_json = client.get_model_config(name, headers=headers)
+            except InferenceServerException as exc:
+                if exc.status() in ("401", "403"):
+                    raise PermissionError(f"{url}: {exc.message()} (pass --admin-key or set TRITON_ADMIN_KEY)") from exc
+                differences.append(Difference(name, "(model)", "present", f"not served: {exc.message()}"))
+                continue
+            live = json_format.ParseDict(live_json, ModelConfig(), ignore_unknown_fields=True)
+            differences.extend(_differences(name, committed, live))
+    finally:
+        client.close()
+    return differences
