@@ -41,6 +41,38 @@ ARTIFACTS = {
     "python": (("model.py",), "`make build` (local flavor)"),
 }
 BACKEND_PLATFORM = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx", "dali": "dali", "python": "python"}
+# The one-line hint of each finding code (a call may give a more specific one).
+HINTS = {
+    "repository-missing": "pass the folder that holds one sub-folder per model",
+    "repository-empty": "each model needs <repository>/<model>/config.pbtxt",
+    "parse-error": "check the spelling of the field named in the message against Triton's model_config.proto",
+    "missing-label-file": "label_filename is relative to the model's folder",
+    "ensemble-no-steps": "list the models to run in ensemble_scheduling { step [ ... ] }",
+    "step-model-missing": "model_name must be the folder name of a model in this repository",
+    "map-key-unknown": "input_map/output_map keys are the step model's tensor names; values are ensemble tensors",
+    "input-not-mapped": "every non-optional input of a step needs an input_map entry",
+    "tensor-produced-twice": "give each step output its own ensemble tensor name",
+    "tensor-not-produced": "map it from an ensemble input or from another step's output_map",
+    "dtype-mismatch": "producer and consumer of an ensemble tensor must agree on data_type",
+    "dims-mismatch": "dims exclude the batch dimension when max_batch_size > 0; -1 matches any size",
+    "ensemble-output-not-produced": "map a step output to this name in that step's output_map",
+    "ensemble-input-unused": "remove the input, or map it into a step",
+    "cycle": "a step cannot consume, even indirectly, what it produces",
+    "onnx-unreadable": "re-export the model (`make build`)",
+    "onnx-mismatch": "the config's tensor names, types and dims must be the ONNX graph's (or re-export with `make build`)",
+    "plan-metadata-unreadable": "rebuild the engine: its metadata file is damaged",
+    "dali-outputs-mismatch": "one config output per pipeline output, in the pipeline's order",
+    "instance-count-invalid": "count is the number of model instances, at least 1",
+    "preferred-batch-invalid": "preferred sizes must lie in 1..max_batch_size",
+    "warmup-on-ensemble": "Triton does not warm up ensembles: warm up their steps",
+    "warmup-batch-invalid": "a warmup batch must fit the model's max_batch_size",
+    "warmup-input-unknown": "warmup input keys are the model's input names",
+    "warmup-dtype-mismatch": "the warmup data_type must be the input's",
+    "warmup-dims-mismatch": "warmup dims are the input's dims (batch excluded) with every -1 made concrete",
+    "warmup-file-missing": "warmup files live in <model>/warmup/",
+    "parameter-invalid": "see the comment above the parameter in the committed config",
+    "preprocess-output-invalid": "the pipeline decodes RGB and outputs CHW: dims [3, height, width]",
+}
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
               7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64",
               16: "TYPE_BF16"}
@@ -147,7 +179,8 @@ class Checker:
         """Record a finding; `model` is a parsed Model, or just a name when the config did not parse."""
         path = file or (model.path if isinstance(model, Model) else self.root)
         name = model.name if isinstance(model, Model) else model
-        self.findings.append(Finding(severity, code, str(path), line, name, field, str(expected), str(found), hint))
+        self.findings.append(Finding(severity, code, str(path), line, name, field, str(expected), str(found),
+                                     hint or HINTS.get(code, "")))
 
     # -- 1. syntax and schema ----------------------------------------------------------------
     def load(self) -> None:
@@ -165,7 +198,6 @@ class Checker:
             except text_format.ParseError as exc:
                 line = exc.GetLine() if hasattr(exc, "GetLine") else None
                 self.add(ERROR, "parse-error", path.parent.name, None, "a valid Triton ModelConfig (text format)", str(exc),
-                         "check the spelling of the field named in the message against Triton's model_config.proto",
                          line=line, file=path)
                 self.unparsable.add(path.parent.name)
                 continue
@@ -248,9 +280,7 @@ class Checker:
                 for key, value in mapping.items():
                     if key not in tensors:
                         self.add(ERROR, "map-key-unknown", model, f"{field}.{kind}_map[{key}]",
-                                 f'an {kind} of "{target.name}": {sorted(tensors)}', f'"{key}"',
-                                 f"{kind}_map keys are the step model's tensor names; values are ensemble tensors",
-                                 line=model.line(rf'model_name:\s*"{re.escape(step.model_name)}"', rf'key:\s*"{re.escape(key)}"'))
+                                 f'an {kind} of "{target.name}": {sorted(tensors)}', f'"{key}"', line=model.line(rf'model_name:\s*"{re.escape(step.model_name)}"', rf'key:\s*"{re.escape(key)}"'))
             for name, tensor in inputs.items():
                 if name not in step.input_map and not tensor.optional:
                     self.add(ERROR, "input-not-mapped", model, f"{field}.input_map", f'an entry for input "{name}"',
@@ -273,7 +303,7 @@ class Checker:
             line = model.line(rf'model_name:\s*"{re.escape(target.name)}"', rf'value:\s*"{re.escape(value)}"')
             if value not in produced:
                 self.add(ERROR, "tensor-not-produced", model, field, f'"{value}" to be an ensemble input or a step output',
-                         "no producer", "map it from an ensemble input or another step's output_map", line=line)
+                         "no producer", line=line)
                 continue
             if value in producer_step:
                 edges[producer_step[value]].add(index)
@@ -286,7 +316,7 @@ class Checker:
                          f"{model_config_pb2.DataType.Name(dtype)} from {source}", line=line)
             elif not self._dims_compatible(want, shape):
                 self.add(ERROR, "dims-mismatch", model, field, f"{want} (input \"{key}\" of \"{target.name}\", batch first)",
-                         f"{shape} from {source}", "dims exclude the batch dimension when max_batch_size > 0", line=line)
+                         f"{shape} from {source}", line=line)
         for tensor in config.output:
             field = f"output[{tensor.name}]"
             line = model.line(rf'name:\s*"{re.escape(tensor.name)}"')

@@ -232,7 +232,8 @@ def test_each_mistake_gives_its_finding(built, tmp_path, flavor, mistake, expect
     finding = matches[0]
     assert (finding.severity, finding.model) == (severity, model), str(finding)
     assert field is None or (finding.field or "").startswith(field), str(finding)
-    assert finding.expected and finding.found and Path(finding.file).is_file()
+    assert finding.expected and finding.found and finding.hint and Path(finding.file).is_file()
+    assert all(f.hint for f in report.findings), "every finding carries a hint"
     assert not report.ok(strict=True)
 
 
