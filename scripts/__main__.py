@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts build|serve|validate|diff --help`.
+"""Command line: `python -m scripts build|serve|validate|diff|engine|serialize-dali --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -68,6 +68,26 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--quiet", action="store_true", help="leave out notes")
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    engine = commands.add_parser("engine", help="build the TensorRT plan of the gpu flavor (GPU box)",
+                                 description="Build model_repository/<classifier>/1/model.plan from the ONNX export, with "
+                                             "an optimization profile from the classifier config, a timing cache, an "
+                                             "accuracy gate against ONNX Runtime, and metadata beside the plan. Skipped "
+                                             "when the metadata matches. Needs TensorRT and a GPU (the compose builder).")
+    _add_layout_options(engine)
+    engine.add_argument("--precision", choices=("fp32", "fp16"), default=os.environ.get("TRT_PRECISION", "fp16"),
+                        help="default: $TRT_PRECISION or fp16")
+    engine.add_argument("--timing-cache", type=Path, default=None, help="default: <build-dir>/trt/timing.cache")
+    engine.add_argument("--force", action="store_true", help="rebuild even when the metadata matches")
+    engine.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+    engine.add_argument("--json", action="store_true", help="print the engine metadata as JSON")
+
+    dali = commands.add_parser("serialize-dali", help="serialize the preprocessing pipeline into the repository",
+                               description="Write <repository>/<preprocess>/1/model.dali with this environment's DALI. "
+                                           "For the gpu flavor (nvJPEG `mixed` decode) this needs a GPU, and must run "
+                                           "with the DALI version of the server (the compose builder).")
+    _add_layout_options(dali)
+    dali.add_argument("--flavor", choices=("gpu", "cpu"), default="gpu", help="default: %(default)s")
+
     diff = commands.add_parser("diff", help="compare committed configs with what a running server reports",
                                description="Show, for each model of the repository, the configured fields whose live value "
                                            "(GET /v2/models/<name>/config) differs. Exit codes: 0 same, 1 differences, 2 usage "
@@ -78,6 +98,58 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"), help="default: $TRITON_ADMIN_KEY")
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
     return parser
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from scripts import engine
+    from scripts.build import Builder, Layout
+
+    try:
+        builder = Builder(Layout(args.repository, args.build_dir), progress=lambda m: None)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    spec = builder.bundle.classifier
+    plan = args.repository / spec.model_name / "1" / "model.plan"
+    timing_cache = args.timing_cache or args.build_dir / "trt" / "timing.cache"
+    if args.print_trtexec:
+        print(" ".join(engine.trtexec_command(builder.layout.onnx, plan, spec, args.precision, timing_cache)))
+        return EXIT_OK
+    if not builder.layout.onnx.is_file():
+        print(f"error: {builder.layout.onnx} not found: run `python -m scripts build` first", file=sys.stderr)
+        return EXIT_USAGE
+    progress_stream = sys.stderr if args.json else sys.stdout
+    try:
+        metadata = engine.build(builder.layout.onnx, plan, spec, args.precision, timing_cache, builder.verification_inputs(),
+                                force=args.force, progress=lambda m: print(m, file=progress_stream, flush=True))
+    except engine.EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(metadata, indent=2))
+    return EXIT_OK
+
+
+def _serialize_dali(args: argparse.Namespace) -> int:
+    import nvidia.dali
+
+    from scripts import preprocess
+    from scripts.config import load_bundle
+
+    try:
+        spec = load_bundle(args.repository).preprocess
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    target = args.repository / spec.model_name / "1" / "model.dali"
+    try:
+        serialized = preprocess.serialize(spec, args.flavor)
+    except RuntimeError as exc:  # DALI without CUDA for the `mixed` decoder
+        print(f"error: cannot serialize the {args.flavor} pipeline here: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    target.write_bytes(serialized)
+    print(f"{target}: {len(serialized)} bytes ({args.flavor} pipeline, DALI {nvidia.dali.__version__})")
+    return EXIT_OK
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -215,7 +287,9 @@ Ctrl-C stops the server.""", flush=True)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff}[args.command](args)
+    commands = {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "engine": _engine,
+                "serialize-dali": _serialize_dali}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
