@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The compose `builder` (gpu profile): every artifact of the gpu flavor, then the validator.
+# Exits non-zero on the first failure, so the server never starts on a half-built repository.
+set -euo pipefail
+python -m scripts build --model "${MODEL:-demo}" --flavor cpu
+python -m scripts engine --precision "${TRT_PRECISION:-fp16}"
+python -m scripts serialize-dali --flavor gpu
+python -m scripts validate --require-artifacts --strict --flavor gpu model_repository

