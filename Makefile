@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 REPO ?= model_repository
 
-.PHONY: help install build serve validate test test-gpu clean
+.PHONY: help install build serve validate test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,9 +34,14 @@ validate: install  ## check a model repository (REPO=model_repository, or build/
 test: install  ## unit and integration tests (GPU tests are skipped)
 	$(PY) -m pytest
 
-test-gpu:  ## on the GPU box: only the GPU tests (needs EXTRAS including gpu)
-	$(MAKE) install EXTRAS=build,local,client,test,gpu
-	$(PY) -m pytest -m gpu
+test-gpu:  ## on the GPU box: the GPU tests, in the builder container (TensorRT + DALI of the server's release)
+	docker compose run --rm --no-deps builder python -m pytest -m gpu -p no:cacheprovider tests
+
+verify:  ## on the GPU box: start the stack if needed, then GPU tests + live checks against the server
+	COMPOSE_PROFILES=gpu,verify docker compose run --rm verify
+
+compose-config:  ## validate docker-compose.yml for every profile, offline
+	for p in gpu cpu gpu,verify; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
 
 clean:  ## remove build outputs (not the venv)
 	rm -rf build
