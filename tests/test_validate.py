@@ -173,6 +173,10 @@ def _dali_batch(repo):
     (repo / "preprocess" / "1" / "model.dali").write_bytes(preprocess.serialize(spec, "cpu"))
 
 
+def _dali_garbage(repo):
+    (repo / "preprocess" / "1" / "model.dali").write_bytes(b"not a pipeline")
+
+
 def _plan_profile(repo):
     (repo / "classifier" / "1" / "model.plan").write_bytes(b"engine")
     (repo / "classifier" / "1" / "model.plan.json").write_text(json.dumps({"profile": {"min": 1, "opt": 8, "max": 16},
@@ -215,6 +219,7 @@ MISTAKES = [
     ("warmup-on-ensemble", "gpu", _warmup_on_ensemble, (ERROR, "warmup-on-ensemble", "image_classifier", "model_warmup")),
     ("onnx-tensor-names", "cpu", _onnx_names, (ERROR, "onnx-mismatch", "classifier", "input[PIXELS]")),
     ("dali-batch-differs", "cpu", _dali_batch, (WARNING, "dali-batch-mismatch", "preprocess", "max_batch_size")),
+    ("dali-file-damaged", "cpu", _dali_garbage, (ERROR, "dali-unreadable", "preprocess", None)),
     ("engine-profile-below-max-batch", "gpu", _plan_profile, (ERROR, "plan-profile-too-small", "classifier", "max_batch_size")),
     ("engine-without-metadata", "gpu", _plan_no_metadata, (WARNING, "plan-metadata-missing", "classifier", "version 1")),
 ]
