@@ -3,16 +3,32 @@
     from client import ImageClassifierClient
 
     with ImageClassifierClient("localhost:8001") as classifier:
-        for result in classifier.classify(["cat.jpg"], top_k=3):
-            print(result.source, result.top.label, result.top.score)
+        for result in classifier.classify(["cat.jpg", "dog.png"], top_k=3):
+            if result.ok:
+                print(result.source, result.top.label, result.top.score)
+            else:
+                print(result.source, "failed:", result.error)
+
+`AsyncImageClassifierClient` has the same methods as coroutines.
 """
 
 from client.api import (
     DEFAULT_MODEL,
-    ClassificationError,
+    AsyncImageClassifierClient,
+    Health,
     ImageClassifierClient,
     ImageResult,
+    ModelInfo,
     Prediction,
+    RetryPolicy,
+    TensorInfo,
+    Tls,
 )
+from client.errors import ClientError, InferenceError, InvalidImage, ModelNotReady, ServerUnavailable
+from client.images import Limits
 
-__all__ = ["DEFAULT_MODEL", "ClassificationError", "ImageClassifierClient", "ImageResult", "Prediction"]
+__all__ = [
+    "DEFAULT_MODEL", "AsyncImageClassifierClient", "ClientError", "Health", "ImageClassifierClient", "ImageResult",
+    "InferenceError", "InvalidImage", "Limits", "ModelInfo", "ModelNotReady", "Prediction", "RetryPolicy",
+    "ServerUnavailable", "TensorInfo", "Tls",
+]

@@ -1,32 +1,39 @@
-"""`ImageClassifierClient`: encoded images in, typed top-k predictions out, over gRPC or HTTP.
+"""`ImageClassifierClient` and its async twin: images in, typed top-k predictions out, over gRPC or HTTP.
 
-The client sends the image bytes as they are (decoding happens on the server) and asks for labels
-through Triton's classification extension (`class_count`). Tensor names come from the server's
-model metadata, so the client follows the deployed configs.
+The client sends encoded bytes as they are (decoding happens on the server), asks for labels through
+Triton's classification extension (`class_count`), and reads tensor names from the server's model
+metadata, so it follows the deployed configs. Both clients share everything but the I/O: request
+building, response parsing, the mapping of failures to the exceptions in `client.errors`, and the
+retry policy (exponential backoff with jitter, for transient failures only, within the timeout).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
-from pathlib import Path
-from typing import BinaryIO, Iterable, Union
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from client.errors import ClientError, InferenceError, InvalidImage, ModelNotReady, ServerUnavailable
+from client.images import ImageInput, Limits, PreparedImage, prepare
+
 DEFAULT_MODEL = "image_classifier"
+# The header Triton's restricted APIs check (`--http-restricted-api=...:admin-key=...`); over gRPC
+# Triton expects it with the prefix "triton-grpc-protocol-".
+ADMIN_HEADER = "admin-key"
 PROTOCOLS = ("grpc", "http")
-ImageInput = Union[str, os.PathLike, bytes, BinaryIO]
+TRANSIENT_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "503", "429"}
+NOT_READY_STATUSES = {"StatusCode.NOT_FOUND", "404"}
+INVALID_STATUSES = {"StatusCode.INVALID_ARGUMENT", "400"}
 
 
-class ClassificationError(RuntimeError):
-    """The server could not classify an image; `source` names it."""
-
-    def __init__(self, source: str, message: str):
-        self.source = source
-        super().__init__(f"{source}: {message}")
-
-
+# -- typed results ---------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     label: str
@@ -36,104 +43,474 @@ class Prediction:
 
 @dataclasses.dataclass(frozen=True)
 class ImageResult:
+    """The outcome for one image: predictions (best first), or the error that stopped it."""
+
     source: str
-    predictions: tuple[Prediction, ...]  # best first
+    predictions: tuple[Prediction, ...] = ()
+    error: ClientError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
     @property
     def top(self) -> Prediction:
+        self.raise_for_error()
         return self.predictions[0]
 
+    def raise_for_error(self) -> "ImageResult":
+        if self.error is not None:
+            raise self.error
+        return self
 
-def _module(protocol: str):
-    if protocol == "grpc":
-        import tritonclient.grpc as module
-    elif protocol == "http":
-        import tritonclient.http as module
-    else:
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    live: bool
+    ready: bool
+    model_ready: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    platform: str
+    versions: tuple[str, ...]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits up to min(max_backoff, backoff * 2**n)."""
+
+    retries: int = 3
+    backoff: float = 0.25
+    max_backoff: float = 8.0
+
+    def delay(self, error: ClientError, attempt: int, deadline: float) -> float | None:
+        """Seconds to wait before retrying after `error`, or None to give up."""
+        if not error.transient or attempt >= self.retries:
+            return None
+        wait = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
+        return wait if time.monotonic() + wait < deadline else None
+
+
+# -- shared, I/O-free pieces -----------------------------------------------------------------------
+def triton_module(protocol: str, aio: bool):
+    if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-    return module
+    if protocol == "grpc":
+        import tritonclient.grpc as sync_module
+        import tritonclient.grpc.aio as aio_module
+    else:
+        import tritonclient.http as sync_module
+        import tritonclient.http.aio as aio_module
+    return aio_module if aio else sync_module
+
+
+def admin_header(protocol: str) -> str:
+    return ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
 
 
 def default_url(protocol: str) -> str:
-    port = os.environ.get("TRITON_GRPC_PORT", "8001") if protocol == "grpc" else os.environ.get("TRITON_HTTP_PORT", "8000")
-    return f"localhost:{port}"
+    env, port = ("TRITON_GRPC_PORT", "8001") if protocol == "grpc" else ("TRITON_HTTP_PORT", "8000")
+    return f"localhost:{os.environ.get(env, port)}"
 
 
-def read_image(image: ImageInput, index: int) -> tuple[str, bytes]:
-    """(a name for messages, the encoded bytes)."""
-    if isinstance(image, bytes):
-        return f"<bytes #{index}>", image
-    if hasattr(image, "read"):
-        return getattr(image, "name", f"<file #{index}>"), image.read()
-    path = Path(image)
-    return str(path), path.read_bytes()
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """TLS to the server: `ca_certs` to trust, a client certificate for mutual TLS, or `insecure`."""
+
+    ca_certs: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    insecure: bool = False
+
+    def grpc_kwargs(self) -> dict:
+        def read(path):
+            with open(path, "rb") as handle:
+                return handle.read()
+
+        return {"ssl": True, "root_certificates": self.ca_certs and read(self.ca_certs),
+                "private_key": self.client_key and read(self.client_key),
+                "certificate_chain": self.client_cert and read(self.client_cert)}
+
+    def ssl_context(self):
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.ca_certs)
+        if self.client_cert:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
 
-def parse_classification(entry: bytes | str) -> Prediction:
+def client_kwargs(protocol: str, aio: bool, timeout: float, tls: Tls | None) -> dict:
+    kwargs: dict = {}
+    if protocol == "http":
+        kwargs.update({"conn_timeout": timeout} if aio else {"connection_timeout": timeout, "network_timeout": timeout})
+    if tls is not None:
+        if protocol == "grpc":
+            kwargs.update(tls.grpc_kwargs())
+        elif aio:
+            kwargs.update(ssl=True, ssl_context=tls.ssl_context())
+        else:
+            kwargs.update(ssl=True, ssl_context_factory=tls.ssl_context, insecure=tls.insecure)
+    return kwargs
+
+
+def parse_prediction(entry: bytes | str) -> Prediction:
     """Triton's classification string "score:index:label" (the label may itself contain ':')."""
     text = entry.decode() if isinstance(entry, bytes) else entry
     score, index, label = text.split(":", 2)
     return Prediction(label=label, index=int(index), score=float(score))
 
 
-class ImageClassifierClient:
-    """A client of the ensemble. One image per request; use as a context manager."""
+def build_request(module, names: tuple[str, str], images: Sequence[PreparedImage], top_k: int):
+    """One request for `images`: rows of encoded bytes, zero-padded to the longest."""
+    input_name, output_name = names
+    batch = np.zeros((len(images), max(len(i.data) for i in images)), dtype=np.uint8)
+    for row, image in zip(batch, images):
+        row[: len(image.data)] = np.frombuffer(image.data, dtype=np.uint8)
+    tensor = module.InferInput(input_name, list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    return [tensor], [module.InferRequestedOutput(output_name, class_count=top_k)]
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = DEFAULT_MODEL,
-                 timeout: float = 30.0, headers: dict[str, str] | None = None):
+
+def parse_response(result, output_name: str, images: Sequence[PreparedImage]) -> list[ImageResult]:
+    rows = result.as_numpy(output_name).reshape(len(images), -1)
+    return [ImageResult(image.source, tuple(parse_prediction(e) for e in row)) for image, row in zip(images, rows)]
+
+
+def to_client_error(exc: BaseException, url: str, timeout: float, source: str | None = None) -> ClientError:
+    """Map what tritonclient, gRPC, aiohttp and sockets raise to this client's exceptions."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, ClientError):
+        return exc
+    if isinstance(exc, InferenceServerException):
+        status, message = str(exc.status() or ""), exc.message() or str(exc)
+        # Triton answers a restricted gRPC call with UNAVAILABLE: it is not a transient failure.
+        if "is restricted" in message or status in ("403", "StatusCode.PERMISSION_DENIED", "StatusCode.UNAUTHENTICATED"):
+            return InferenceError(f"{message}; this API needs the admin key (admin_key=..., or --admin-key)", source)
+        if status in TRANSIENT_STATUSES:
+            return ServerUnavailable(f"server at {url} unavailable ({message}); check that it is running and reachable", source)
+        if status == "StatusCode.DEADLINE_EXCEEDED":
+            return InferenceError(f"no answer within {timeout:g}s; raise the timeout or lower the load", source)
+        if status in NOT_READY_STATUSES or "unknown model" in message or "is not ready" in message:
+            return ModelNotReady(f"{message}; list the served models with `python -m client models`", source)
+        if status in INVALID_STATUSES and "could not be decoded" in message:
+            return InvalidImage(message, source)
+        return InferenceError(message, source)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return InferenceError(f"no answer within {timeout:g}s; raise the timeout or lower the load", source)
+    if isinstance(exc, OSError) or type(exc).__module__.startswith("aiohttp"):
+        return ServerUnavailable(f"cannot connect to {url} ({exc}); check that the server is running", source)
+    return InferenceError(f"{type(exc).__name__}: {exc}", source)
+
+
+def prepare_all(images: Iterable[ImageInput], limits: Limits) -> list[PreparedImage | ImageResult]:
+    """Check every image; the refused ones become failed results at once."""
+    prepared: list[PreparedImage | ImageResult] = []
+    for index, image in enumerate(images):
+        try:
+            prepared.append(prepare(image, index, limits))
+        except InvalidImage as exc:
+            prepared.append(ImageResult(exc.source or f"<image #{index}>", error=exc))
+    return prepared
+
+
+def groups_of(items: list[PreparedImage], size: int) -> list[list[PreparedImage]]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def merge(prepared: list[PreparedImage | ImageResult], done: list[ImageResult]) -> list[ImageResult]:
+    """Results in input order: refused images keep their result, the others take the next of `done`."""
+    answers = iter(done)
+    return [item if isinstance(item, ImageResult) else next(answers) for item in prepared]
+
+
+def tensor_infos(items) -> tuple[TensorInfo, ...]:
+    """From HTTP's JSON dicts or gRPC's protobuf messages."""
+    def get(tensor, key):
+        return tensor[key] if isinstance(tensor, dict) else getattr(tensor, key)
+
+    return tuple(TensorInfo(get(t, "name"), get(t, "datatype"), tuple(int(d) for d in get(t, "shape"))) for t in items)
+
+
+def model_info(metadata) -> ModelInfo:
+    if isinstance(metadata, dict):  # HTTP
+        return ModelInfo(metadata["name"], metadata.get("platform", ""), tuple(metadata.get("versions", ())),
+                         tensor_infos(metadata["inputs"]), tensor_infos(metadata["outputs"]))
+    return ModelInfo(metadata.name, metadata.platform, tuple(metadata.versions),
+                     tensor_infos(metadata.inputs), tensor_infos(metadata.outputs))
+
+
+def index_entries(index) -> list[dict]:
+    """The repository index as dicts (name, version, state, reason), from HTTP or gRPC."""
+    entries = index if isinstance(index, list) else [
+        {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index.models]
+    return [{key: entry.get(key, "") for key in ("name", "version", "state", "reason")} for entry in entries]
+
+
+class _Base:
+    """Settings shared by both clients."""
+
+    def __init__(self, url: str | None, protocol: str, model: str, timeout: float, retries: int, headers: dict | None,
+                 tls: Tls | None, limits: Limits, images_per_request: int, concurrency: int, admin_key: str | None, aio: bool):
+        if images_per_request < 1 or concurrency < 1 or timeout <= 0:
+            raise ValueError("images_per_request and concurrency must be >= 1, timeout > 0")
         self.protocol = protocol
-        self._triton = _module(protocol)
+        self._triton = triton_module(protocol, aio)
         self.url = url or default_url(protocol)
         self.model = model
         self.timeout = timeout
-        self.headers = headers or {}
-        if protocol == "grpc":
-            self._client = self._triton.InferenceServerClient(self.url)
-        else:
-            self._client = self._triton.InferenceServerClient(self.url, connection_timeout=timeout, network_timeout=timeout)
+        self.retry = RetryPolicy(retries=retries)
+        self.headers = dict(headers or {})
+        if admin_key:
+            self.headers[admin_header(protocol)] = admin_key
+        self.tls = tls
+        self.limits = limits
+        self.images_per_request = images_per_request
+        self.concurrency = concurrency
         self._names: tuple[str, str] | None = None
 
-    def tensor_names(self) -> tuple[str, str]:
-        """(input, output) names of the model, from the server's metadata (fetched once)."""
-        if self._names is None:
+    def _new_triton_client(self):
+        aio = self._triton.__name__.endswith(".aio")
+        return self._triton.InferenceServerClient(self.url, **client_kwargs(self.protocol, aio, self.timeout, self.tls))
+
+    def _timeout_kwargs(self) -> dict:
+        return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+
+    def _names_from(self, metadata) -> tuple[str, str]:
+        info = model_info(metadata)
+        return info.inputs[0].name, info.outputs[0].name
+
+    def _error(self, exc: BaseException, source: str | None = None) -> ClientError:
+        return to_client_error(exc, self.url, self.timeout, source)
+
+
+class ImageClassifierClient(_Base):
+    """Classify images with the served ensemble. Thread-safe; use as a context manager.
+
+    images_per_request > 1 packs several images into one request (zero-padded); 1 (the default)
+    lets the server batch requests itself and keeps every image's errors its own.
+    """
+
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = DEFAULT_MODEL, timeout: float = 30.0,
+                 retries: int = 3, headers: dict | None = None, tls: Tls | None = None, limits: Limits = Limits(),
+                 images_per_request: int = 1, concurrency: int = 4, admin_key: str | None = None):
+        super().__init__(url, protocol, model, timeout, retries, headers, tls, limits, images_per_request, concurrency,
+                         admin_key, aio=False)
+        self._local = threading.local()
+        self._clients: list = []
+        self._lock = threading.Lock()
+
+    # One tritonclient client per thread: the HTTP one is not thread-safe.
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._new_triton_client()
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _call(self, function: Callable, source: str | None = None):
+        """`function(client)` with retries for transient failures, within the timeout."""
+        deadline, attempt = time.monotonic() + self.timeout, 0
+        while True:
             try:
-                metadata = self._client.get_model_metadata(self.model, headers=self.headers)
-            except OSError as exc:  # the HTTP client lets socket errors through
-                raise ConnectionError(f"{self.url}: {exc}") from exc
-            if self.protocol == "grpc":
-                self._names = (metadata.inputs[0].name, metadata.outputs[0].name)
-            else:
-                self._names = (metadata["inputs"][0]["name"], metadata["outputs"][0]["name"])
+                return function(self._client())
+            except Exception as exc:
+                error = self._error(exc, source)
+                delay = self.retry.delay(error, attempt, deadline)
+                if delay is None:
+                    raise error from exc
+                time.sleep(delay)
+                attempt += 1
+
+    def health(self) -> Health:
+        live = self._call(lambda c: c.is_server_live(headers=self.headers))
+        ready = self._call(lambda c: c.is_server_ready(headers=self.headers))
+        return Health(live, ready, self._call(lambda c: c.is_model_ready(self.model, headers=self.headers)))
+
+    def metadata(self) -> ModelInfo:
+        return model_info(self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
+
+    def models(self) -> list[dict]:
+        """The repository index (an admin API: needs `admin_key`)."""
+        return index_entries(self._call(lambda c: c.get_model_repository_index(headers=self.headers)))
+
+    def tensor_names(self) -> tuple[str, str]:
+        if self._names is None:
+            self._names = self._names_from(self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
         return self._names
 
-    def classify_one(self, image: ImageInput, top_k: int = 5, index: int = 0) -> ImageResult:
-        source, data = read_image(image, index)
+    def _infer(self, images: list[PreparedImage], top_k: int) -> list[ImageResult]:
+        names = self.tensor_names()
+
+        def send(client):
+            inputs, outputs = build_request(self._triton, names, images, top_k)
+            return client.infer(self.model, inputs, outputs=outputs, headers=self.headers, **self._timeout_kwargs())
+
+        return parse_response(self._call(send, images[0].source if len(images) == 1 else None), names[1], images)
+
+    def _classify_group(self, images: list[PreparedImage], top_k: int) -> list[ImageResult]:
+        try:
+            return self._infer(images, top_k)
+        except InvalidImage as exc:
+            if len(images) == 1:
+                return [ImageResult(images[0].source, error=exc)]
+            # One bad image fails its whole request: resend each alone so only the bad one fails.
+            return [result for image in images for result in self._classify_group([image], top_k)]
+        except ClientError as exc:
+            return [ImageResult(image.source, error=exc) for image in images]
+
+    def classify(self, images: Iterable[ImageInput], top_k: int = 5,
+                 on_result: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
+        """One result per image, in order; failures are results with `.error` (see `raise_for_error`)."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, not {top_k}")
-        input_name, output_name = self.tensor_names()
-        tensor = self._triton.InferInput(input_name, [1, len(data)], "UINT8")
-        tensor.set_data_from_numpy(np.frombuffer(data, dtype=np.uint8)[None, :])
-        output = self._triton.InferRequestedOutput(output_name, class_count=top_k)
-        timeout = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-        from tritonclient.utils import InferenceServerException
+        prepared = prepare_all(images, self.limits)
+        for item in prepared:
+            if isinstance(item, ImageResult) and on_result:
+                on_result(item)
 
-        try:
-            result = self._client.infer(self.model, [tensor], outputs=[output], headers=self.headers, **timeout)
-        except InferenceServerException as exc:
-            raise ClassificationError(source, exc.message()) from exc
-        except OSError as exc:
-            raise ClassificationError(source, f"connection to {self.url} failed: {exc}") from exc
-        entries = result.as_numpy(output_name).reshape(-1)
-        return ImageResult(source, tuple(parse_classification(e) for e in entries))
+        def run(group):
+            results = self._classify_group(group, top_k)
+            for result in results:
+                if on_result:
+                    on_result(result)
+            return results
 
-    def classify(self, images: Iterable[ImageInput], top_k: int = 5) -> list[ImageResult]:
-        return [self.classify_one(image, top_k, index) for index, image in enumerate(images)]
+        groups = groups_of([p for p in prepared if isinstance(p, PreparedImage)], self.images_per_request)
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            done = [result for results in pool.map(run, groups) for result in results]
+        return merge(prepared, done)
+
+    def classify_one(self, image: ImageInput, top_k: int = 5) -> ImageResult:
+        """Classify one image; raises the ClientError subclass that stopped it."""
+        return self.classify([image], top_k)[0].raise_for_error()
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
 
     def __enter__(self) -> "ImageClassifierClient":
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class AsyncImageClassifierClient(_Base):
+    """The asyncio twin of ImageClassifierClient (tritonclient's grpc.aio / http.aio); `async with` it."""
+
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = DEFAULT_MODEL, timeout: float = 30.0,
+                 retries: int = 3, headers: dict | None = None, tls: Tls | None = None, limits: Limits = Limits(),
+                 images_per_request: int = 1, concurrency: int = 4, admin_key: str | None = None):
+        super().__init__(url, protocol, model, timeout, retries, headers, tls, limits, images_per_request, concurrency,
+                         admin_key, aio=True)
+        self._client = None
+
+    def _connection(self):
+        if self._client is None:
+            self._client = self._new_triton_client()
+        return self._client
+
+    async def _call(self, function: Callable, source: str | None = None):
+        deadline, attempt = time.monotonic() + self.timeout, 0
+        while True:
+            try:
+                return await asyncio.wait_for(function(self._connection()), self.timeout)
+            except Exception as exc:
+                error = self._error(exc, source)
+                delay = self.retry.delay(error, attempt, deadline)
+                if delay is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def health(self) -> Health:
+        live = await self._call(lambda c: c.is_server_live(headers=self.headers))
+        ready = await self._call(lambda c: c.is_server_ready(headers=self.headers))
+        return Health(live, ready, await self._call(lambda c: c.is_model_ready(self.model, headers=self.headers)))
+
+    async def metadata(self) -> ModelInfo:
+        return model_info(await self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
+
+    async def models(self) -> list[dict]:
+        """The repository index (an admin API: needs `admin_key`)."""
+        return index_entries(await self._call(lambda c: c.get_model_repository_index(headers=self.headers)))
+
+    async def tensor_names(self) -> tuple[str, str]:
+        if self._names is None:
+            self._names = self._names_from(await self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
+        return self._names
+
+    async def _infer(self, images: list[PreparedImage], top_k: int) -> list[ImageResult]:
+        names = await self.tensor_names()
+
+        def send(client):
+            inputs, outputs = build_request(self._triton, names, images, top_k)
+            return client.infer(self.model, inputs, outputs=outputs, headers=self.headers, **self._timeout_kwargs())
+
+        return parse_response(await self._call(send, images[0].source if len(images) == 1 else None), names[1], images)
+
+    async def _classify_group(self, images: list[PreparedImage], top_k: int) -> list[ImageResult]:
+        try:
+            return await self._infer(images, top_k)
+        except InvalidImage as exc:
+            if len(images) == 1:
+                return [ImageResult(images[0].source, error=exc)]
+            return [result for image in images for result in await self._classify_group([image], top_k)]
+        except ClientError as exc:
+            return [ImageResult(image.source, error=exc) for image in images]
+
+    async def classify(self, images: Iterable[ImageInput], top_k: int = 5,
+                       on_result: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        prepared = prepare_all(images, self.limits)
+        for item in prepared:
+            if isinstance(item, ImageResult) and on_result:
+                on_result(item)
+        in_flight = asyncio.Semaphore(self.concurrency)
+
+        async def run(group):
+            async with in_flight:
+                results = await self._classify_group(group, top_k)
+            for result in results:
+                if on_result:
+                    on_result(result)
+            return results
+
+        groups = groups_of([p for p in prepared if isinstance(p, PreparedImage)], self.images_per_request)
+        done = [result for results in await asyncio.gather(*(run(g) for g in groups)) for result in results]
+        return merge(prepared, done)
+
+    async def classify_one(self, image: ImageInput, top_k: int = 5) -> ImageResult:
+        return (await self.classify([image], top_k))[0].raise_for_error()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def __aenter__(self) -> "AsyncImageClassifierClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()

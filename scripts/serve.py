@@ -20,8 +20,9 @@ import sysconfig
 import time
 from pathlib import Path
 
+from client.api import ADMIN_HEADER
+
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace", "statistics")
-ADMIN_HEADER = "admin-key"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "TRITON_METRICS_PORT"}
 
@@ -107,6 +108,7 @@ class LocalServer:
     admin_key: str = dataclasses.field(default_factory=lambda: os.environ.get("TRITON_ADMIN_KEY") or secrets.token_hex(24))
     log_path: Path | None = None
     process: subprocess.Popen | None = None
+    shm_prefix: str = dataclasses.field(default_factory=lambda: f"triton_bundle_{os.getpid()}_{secrets.token_hex(4)}")
 
     @property
     def http_url(self) -> str:
@@ -144,7 +146,7 @@ class LocalServer:
             "--disable-auto-complete-config",
             "--exit-timeout-secs=10",
             # A distinct shared-memory prefix lets several servers (tests, a dev server) coexist.
-            f"--backend-config=python,shm-region-prefix-name=triton_bundle_{self.grpc_port}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
 
     def start(self) -> "LocalServer":
@@ -193,14 +195,19 @@ class LocalServer:
         raise ServerError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        """Stop the server (SIGINT, then SIGKILL after `timeout`) and remove what a crash leaves in /dev/shm."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for leftover in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            leftover.unlink(missing_ok=True)
+        return self.process.returncode
 
     def __enter__(self) -> "LocalServer":
         self.start()

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from client import ClassificationError, ImageClassifierClient
+from client import ImageClassifierClient
 from tests.conftest import PROJECT, free_ports
 
 pytestmark = pytest.mark.integration
@@ -104,6 +104,7 @@ def test_several_zero_padded_images_in_one_request(server, bundle, heldout):
 
 
 def test_corrupt_image_fails_alone_and_the_server_stays_ready(server, bundle, heldout):
+    """Raw requests (no client-side checks): the server itself must isolate the bad images."""
     good = [(label, path.read_bytes()) for label, path in heldout[:15]]
     truncated_jpeg = good[0][1][: len(good[0][1]) // 3]
     requests = [("good", label, data) for label, data in good] + [("bad", None, truncated_jpeg), ("bad", None, b"not an image")]
@@ -111,9 +112,8 @@ def test_corrupt_image_fails_alone_and_the_server_stays_ready(server, bundle, he
     def send(item):
         kind, label, data = item
         try:
-            with client_for(server, "grpc") as classifier:
-                return kind, label, classifier.classify_one(data, top_k=1)
-        except ClassificationError as exc:
+            return kind, label, int(np.argmax(raw_scores(server, bundle, data)))
+        except InferenceServerException as exc:
             return kind, label, exc
 
     for _ in range(3):
@@ -122,10 +122,10 @@ def test_corrupt_image_fails_alone_and_the_server_stays_ready(server, bundle, he
         for kind, label, outcome in outcomes:
             if kind == "good":
                 assert not isinstance(outcome, Exception), outcome
-                assert outcome.top.label == label
+                assert bundle.classifier.labels[outcome] == label
             else:
-                assert isinstance(outcome, ClassificationError)
-                assert "could not be decoded" in str(outcome)
+                assert isinstance(outcome, InferenceServerException)
+                assert "could not be decoded" in outcome.message()
     client = httpclient.InferenceServerClient(server.http_url)
     assert client.is_server_ready()
     assert all(client.is_model_ready(name) for name in bundle.configs)
@@ -153,30 +153,6 @@ def test_admin_apis_need_the_key(server, bundle):
     with pytest.raises(InferenceServerException):
         client.get_model_repository_index()
     assert client.get_model_repository_index(headers=server.admin_headers)
-
-
-def test_client_cli_prints_labels(server, heldout):
-    label, path = heldout[0]
-    done = subprocess.run(
-        [sys.executable, "-m", "client", "classify", str(path), "--url", server.grpc_url, "--top-k", "2"],
-        capture_output=True, text=True, cwd=PROJECT, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0] == str(path)
-    assert lines[1].split()[-1] == label
-
-
-def test_client_cli_exit_code_for_a_bad_file(server, heldout, tmp_path):
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    done = subprocess.run(
-        [sys.executable, "-m", "client", "classify", str(heldout[0][1]), str(bad), "--url", server.http_url,
-         "--protocol", "http", "--json"],
-        capture_output=True, text=True, cwd=PROJECT, timeout=60,
-    )
-    assert done.returncode == 1
-    assert "broken.jpg" in done.stdout and "JPEG image of" in done.stdout
 
 
 def start_serve_command(preexec=None):
