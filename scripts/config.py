@@ -44,9 +44,11 @@ class ConfigError(ValueError):
 def read_config(path: Path) -> ModelConfig:
     """Parse one config.pbtxt; syntax errors and unknown fields name the file and line."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     try:
         return text_format.Parse(text, ModelConfig())
     except text_format.ParseError as exc:

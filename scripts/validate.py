@@ -22,6 +22,7 @@ from google.protobuf import text_format
 
 from scripts.config import (
     BYTES_PER_ELEMENT,
+    read_config,
     CONFIG_FILENAME,
     GENERATED_MARKER,
     ModelConfig,
@@ -74,7 +75,7 @@ HINTS = {
     "preprocess-output-invalid": "the pipeline decodes RGB and outputs CHW: dims [3, height, width]",
 }
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
-              7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64",
+              7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64",
               16: "TYPE_BF16"}
 
 
@@ -145,7 +146,22 @@ class Model:
         return BACKEND_PLATFORM.get(self.config.backend, self.config.backend)
 
     def versions(self) -> list[Path]:
-        return sorted(p for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit())
+        """Version folders as Triton reads them: decimal names without leading zeros."""
+        found = [p for p in self.directory.iterdir() if p.is_dir() and re.fullmatch(r"0|[1-9][0-9]*", p.name)]
+        return sorted(found, key=lambda p: int(p.name))
+
+    def served_versions(self) -> list[Path]:
+        """The versions the version policy loads (default: the latest one)."""
+        versions, policy = self.versions(), self.config.version_policy
+        if policy.HasField("all"):
+            return versions
+        if policy.HasField("specific"):
+            return [v for v in versions if int(v.name) in set(policy.specific.versions)]
+        return versions[-(policy.latest.num_versions or 1):]
+
+    def nth_line(self, section: str, pattern: str, index: int) -> int | None:
+        """Line of the (index+1)-th match of `pattern` after `section` (entries of a repeated field)."""
+        return self.line(section, *[pattern] * (index + 1))
 
     def line(self, *patterns: str) -> int | None:
         """Line of the last of `patterns`, each searched from where the previous one matched."""
@@ -172,6 +188,7 @@ class Checker:
         self.findings: list[Finding] = []
         self.models: dict[str, Model] = {}
         self.unparsable: set[str] = set()  # reported once, as parse errors
+        self.requested_flavor = flavor
         self.flavor = flavor or "gpu"
 
     def add(self, severity: str, code: str, model: Model | str | None, field: str | None, expected, found, hint: str = "",
@@ -188,8 +205,19 @@ class Checker:
             self.add(ERROR, "repository-missing", None, None, "a model repository folder", "nothing at this path")
             return
         declared_flavors = set()
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not (folder / CONFIG_FILENAME).is_file():
+                self.add(ERROR, "config-missing", folder.name, None, f"{folder / CONFIG_FILENAME}", "no such file",
+                         "every model folder needs a config (the server runs with --disable-auto-complete-config)",
+                         file=folder)
         for path in sorted(self.root.glob(f"*/{CONFIG_FILENAME}")):
-            text = path.read_text()
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.add(ERROR, "parse-error", path.parent.name, None, "UTF-8 text", f"undecodable bytes ({exc.reason} at byte {exc.start})",
+                         "save the file as UTF-8", file=path)
+                self.unparsable.add(path.parent.name)
+                continue
             marker = re.search(GENERATED_MARKER, text)
             if marker:
                 declared_flavors.add(marker.group(1))
@@ -208,13 +236,16 @@ class Checker:
             self.models[model.name] = model
         if not self.models and not self.findings:
             self.add(ERROR, "repository-empty", None, None, f"model folders holding a {CONFIG_FILENAME}", "none")
-        if len(declared_flavors) == 1 and self.flavor == "gpu":
+        if self.requested_flavor is None and len(declared_flavors) == 1:
             self.flavor = declared_flavors.pop()
 
     # -- 2. layout -----------------------------------------------------------------------------
     def layout(self, model: Model) -> None:
         kind = model.kind
-        if kind != "ensemble" and kind not in ARTIFACTS:
+        if not kind:
+            self.add(ERROR, "backend-missing", model, "platform/backend", "a platform or a backend", "neither",
+                     'e.g. backend: "python", or platform: "tensorrt_plan"', line=1)
+        elif kind != "ensemble" and kind not in ARTIFACTS:
             self.add(WARNING, "unknown-backend", model, "backend/platform", "one of " + ", ".join(sorted(ARTIFACTS)),
                      kind or "nothing", "this validator cannot check that model's artifacts")
         versions = model.versions()
@@ -225,7 +256,7 @@ class Checker:
             names, producer = ARTIFACTS[kind]
             if model.config.default_model_filename:
                 names = (model.config.default_model_filename,)
-            for version in versions:
+            for version in model.served_versions():
                 if not any((version / name).exists() for name in names):
                     severity = ERROR if self.require_artifacts else NOTE
                     self.add(severity, "missing-artifact", model, f"version {version.name}", " or ".join(names),
@@ -245,6 +276,17 @@ class Checker:
     def _dims_compatible(a: list[int], b: list[int]) -> bool:
         return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
 
+    @classmethod
+    def _shape(cls, config: ModelConfig, tensor) -> tuple[list[int], list[int]]:
+        """(dims, dims with the batch dimension) of a tensor as its model sees it (a reshape wins)."""
+        dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+        return dims, cls._full_shape(config, dims)
+
+    @classmethod
+    def _shapes_compatible(cls, a: tuple[list[int], list[int]], b: tuple[list[int], list[int]]) -> bool:
+        # As Triton's ensemble check: the dims agree, or the dims with batch do (batching and non-batching models mix).
+        return cls._dims_compatible(a[0], b[0]) or cls._dims_compatible(a[1], b[1])
+
     def ensemble(self, model: Model) -> None:
         config = model.config
         steps = list(config.ensemble_scheduling.step)
@@ -254,8 +296,8 @@ class Checker:
             self.add(ERROR, "ensemble-no-steps", model, "ensemble_scheduling.step", "at least one step", "none")
             return
         # tensor name -> (data type, full shape, who) for everything an ensemble tensor can come from
-        produced: dict[str, tuple[int, list[int], str]] = {
-            t.name: (t.data_type, self._full_shape(config, t.dims), f'ensemble input "{t.name}"') for t in config.input
+        produced: dict[str, tuple[int, tuple[list[int], list[int]], str]] = {
+            t.name: (t.data_type, self._shape(config, t), f'ensemble input "{t.name}"') for t in config.input
         }
         consumed: dict[str, list[str]] = {}
         edges: dict[int, set[int]] = {i: set() for i in range(len(steps))}
@@ -269,7 +311,11 @@ class Checker:
                 self.add(ERROR, "step-model-missing", model, field, f'a model "{step.model_name}" in {self.root}',
                          "no such model folder", line=line)
                 continue
-            if config.max_batch_size > target.config.max_batch_size:
+            if step.model_version > 0 and not (target.directory / str(step.model_version)).is_dir():
+                self.add(ERROR, "step-version-missing", model, f"{field}.model_version",
+                         f"a folder {target.directory / str(step.model_version)}", "no such version",
+                         "use model_version: -1 (the latest), or a version that exists", line=line)
+            if target.config.max_batch_size > 0 and config.max_batch_size > target.config.max_batch_size:
                 self.add(ERROR, "ensemble-batch-too-large", model, "max_batch_size",
                          f"<= {target.config.max_batch_size} (max_batch_size of step \"{target.name}\")",
                          config.max_batch_size, "Triton refuses an ensemble that can batch more than a step",
@@ -288,7 +334,7 @@ class Checker:
             for key, value in step.output_map.items():
                 if key not in outputs:
                     continue
-                shape = self._full_shape(target.config, outputs[key].dims)
+                shape = self._shape(target.config, outputs[key])
                 if value in producer_step or value in produced:
                     self.add(ERROR, "tensor-produced-twice", model, f"{field}.output_map[{key}]",
                              f'"{value}" produced once', "a second producer", line=line)
@@ -309,14 +355,14 @@ class Checker:
                 edges[producer_step[value]].add(index)
             dtype, shape, source = produced[value]
             tensor = next(t for t in target.config.input if t.name == key)
-            want = self._full_shape(target.config, tensor.dims)
+            want = self._shape(target.config, tensor)
             if tensor.data_type != dtype:
                 self.add(ERROR, "dtype-mismatch", model, field,
                          f"{model_config_pb2.DataType.Name(tensor.data_type)} (input \"{key}\" of \"{target.name}\")",
                          f"{model_config_pb2.DataType.Name(dtype)} from {source}", line=line)
-            elif not self._dims_compatible(want, shape):
-                self.add(ERROR, "dims-mismatch", model, field, f"{want} (input \"{key}\" of \"{target.name}\", batch first)",
-                         f"{shape} from {source}", line=line)
+            elif not self._shapes_compatible(want, shape):
+                self.add(ERROR, "dims-mismatch", model, field, f"{want[1]} (input \"{key}\" of \"{target.name}\", batch first)",
+                         f"{shape[1]} from {source}", line=line)
         for tensor in config.output:
             field = f"output[{tensor.name}]"
             line = model.line(rf'name:\s*"{re.escape(tensor.name)}"')
@@ -325,12 +371,12 @@ class Checker:
                          "no producer", line=line)
                 continue
             dtype, shape, source = produced[tensor.name]
-            want = self._full_shape(config, tensor.dims)
+            want = self._shape(config, tensor)
             if dtype != tensor.data_type:
                 self.add(ERROR, "dtype-mismatch", model, field, model_config_pb2.DataType.Name(tensor.data_type),
                          f"{model_config_pb2.DataType.Name(dtype)} from {source}", line=line)
-            elif not self._dims_compatible(want, shape):
-                self.add(ERROR, "dims-mismatch", model, field, f"{want} (batch first)", f"{shape} from {source}", line=line)
+            elif not self._shapes_compatible(want, shape):
+                self.add(ERROR, "dims-mismatch", model, field, f"{want[1]} (batch first)", f"{shape[1]} from {source}", line=line)
         ensemble_outputs = {t.name for t in config.output}
         for tensor in config.input:
             if tensor.name not in consumed:
@@ -408,7 +454,7 @@ class Checker:
                     self.add(ERROR, "onnx-mismatch", model, f"{field}.data_type", model_config_pb2.DataType.Name(tensor.data_type),
                              f"{onnx_type} in {path.name}", line=line)
                 dims = [d.dim_value if d.HasField("dim_value") else -1 for d in found.type.tensor_type.shape.dim]
-                want = self._full_shape(model.config, tensor.dims)
+                want = self._shape(model.config, tensor)[1]
                 if not self._dims_compatible(want, dims):
                     self.add(ERROR, "onnx-mismatch", model, f"{field}.dims", f"{want} (batch first)", f"{dims} in {path.name}",
                              line=line)
@@ -422,7 +468,9 @@ class Checker:
         try:
             meta = json.loads(meta_path.read_text())
             profile = meta["profile"]
-        except (ValueError, KeyError) as exc:
+            if not isinstance(profile, dict) or not isinstance(meta.get("inputs", {}), dict):
+                raise TypeError("profile and inputs must be JSON objects")
+        except (ValueError, KeyError, TypeError) as exc:
             self.add(ERROR, "plan-metadata-unreadable", model, None, "engine metadata with a profile", str(exc), file=meta_path)
             return
         if int(profile.get("max", 0)) < model.config.max_batch_size:
@@ -431,8 +479,9 @@ class Checker:
                      "rebuild the engine after changing max_batch_size", file=meta_path)
         for tensor in model.config.input:
             shape = meta.get("inputs", {}).get(tensor.name)
-            if shape is not None and list(shape) != list(tensor.dims):
-                self.add(ERROR, "plan-shape-mismatch", model, f"input[{tensor.name}].dims", list(tensor.dims),
+            dims = self._shape(model.config, tensor)[0]
+            if shape is not None and list(shape) != dims:
+                self.add(ERROR, "plan-shape-mismatch", model, f"input[{tensor.name}].dims", dims,
                          f"{shape} in the engine", "rebuild the engine", file=meta_path)
 
     def _dali(self, model: Model, path: Path) -> None:
@@ -475,6 +524,8 @@ class Checker:
                 self.add(ERROR, "labels-format", model, field, "one label per line", f"line {number} {problem}",
                          "Triton serves every line as a label, as it is", file=path)
             count = len(text.split("\n")) - (1 if text.endswith("\n") else 0) if text else 0
+            if any(d < 0 for d in output.dims):
+                continue  # a variable class count cannot be checked against the file
             classes = 1
             for d in output.dims:
                 classes *= d
@@ -502,13 +553,15 @@ class Checker:
         for index, group in enumerate(config.instance_group):
             field = f"instance_group[{index}]"
             if group.count < 0:
-                self.add(ERROR, "instance-count-invalid", model, f"{field}.count", ">= 1", group.count, line=model.line(r"\bcount\s*:"))
+                self.add(ERROR, "instance-count-invalid", model, f"{field}.count", ">= 1", group.count,
+                         line=model.nth_line(r"instance_group", r"\bcount\s*:", index))
             if group.kind == group.KIND_GPU and self.flavor in ("cpu", "local"):
                 self.add(ERROR, "gpu-instance-in-cpu-flavor", model, f"{field}.kind", "KIND_CPU", "KIND_GPU",
-                         f"the {self.flavor} flavor has no GPU: regenerate it with `make build`", line=model.line(r"KIND_GPU"))
+                         f"the {self.flavor} flavor has no GPU: regenerate it with `make build`",
+                         line=model.nth_line(r"instance_group", r"\bkind\s*:", index))
             if group.kind == group.KIND_CPU and model.kind == "tensorrt_plan":
                 self.add(ERROR, "cpu-instance-for-tensorrt", model, f"{field}.kind", "KIND_GPU", "KIND_CPU",
-                         "TensorRT engines run only on a GPU", line=model.line(r"KIND_CPU"))
+                         "TensorRT engines run only on a GPU", line=model.nth_line(r"instance_group", r"\bkind\s*:", index))
 
     # -- 7. warmup -----------------------------------------------------------------------------
     def warmup(self, model: Model) -> None:
@@ -563,7 +616,7 @@ class Checker:
         line = model.line(r"resize_shorter")
         text = params["resize_shorter"].string_value
         dims = list(model.config.output[0].dims) if model.config.output else []
-        if not text.strip().isdigit() or int(text) < 1:
+        if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < 1:
             self.add(ERROR, "parameter-invalid", model, "parameters[resize_shorter]", "a positive whole number", f'"{text}"', line=line)
         elif len(dims) == 3 and int(text) < max(dims[1:]):
             self.add(ERROR, "parameter-invalid", model, "parameters[resize_shorter]", f">= the crop {dims[1]}x{dims[2]}", text,
@@ -571,7 +624,7 @@ class Checker:
         if len(dims) != 3 or dims[0] != 3:
             self.add(ERROR, "preprocess-output-invalid", model, "output.dims", "[3, height, width] (RGB, CHW)", dims,
                      line=model.line(r"^\s*output", r"\bdims\b"))
-        if "num_threads" in params and not params["num_threads"].string_value.strip().isdigit():
+        if "num_threads" in params and not re.fullmatch(r"[0-9]+", params["num_threads"].string_value.strip()):
             self.add(ERROR, "parameter-invalid", model, "parameters[num_threads]", "a positive whole number",
                      f'"{params["num_threads"].string_value}"', line=model.line(r"num_threads"))
         for key in ("mean", "std"):
@@ -652,9 +705,10 @@ def _differences(model: str, committed, live, prefix: str = "") -> Iterator[Diff
         field = f"{prefix}{descriptor.name}"
         live_value = getattr(live, descriptor.name)
         if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            value_field = descriptor.message_type.fields_by_name["value"]
             for key in sorted(set(value) | set(live_value)):
-                mine = _render(descriptor, value[key]) if key in value else "absent"
-                theirs = _render(descriptor, live_value[key]) if key in live_value else "absent"
+                mine = _render(value_field, value[key]) if key in value else "absent"
+                theirs = _render(value_field, live_value[key]) if key in live_value else "absent"
                 if mine != theirs:
                     yield Difference(model, f"{field}[{key}]", mine, theirs)
         elif descriptor.message_type is not None and _repeated(descriptor):
@@ -680,7 +734,7 @@ def diff_live(root: Path, url: str, headers: dict[str, str] | None = None) -> li
     try:
         for path in sorted(Path(root).glob(f"*/{CONFIG_FILENAME}")):
             name = path.parent.name
-            committed = text_format.Parse(path.read_text(), ModelConfig())
+            committed = read_config(path)
             try:
                 live_json = client.get_model_config(name, headers=headers)
             except InferenceServerException as exc:

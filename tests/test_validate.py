@@ -304,3 +304,97 @@ def test_cli_exit_codes_and_json(tmp_path):
     assert broken.returncode == 1
     assert "error [dims-mismatch]" in broken.stdout and "hint:" in broken.stdout
     assert run_cli("validate", str(tmp_path / "nowhere")).returncode == 2
+
+
+def _version_missing(repo):
+    edit(repo / "image_classifier" / "config.pbtxt", 'model_name: "classifier"\n      model_version: -1', 'model_name: "classifier"\n      model_version: 3')
+
+
+def _config_missing(repo):
+    (repo / "resnet" / "1").mkdir(parents=True)
+
+
+def _no_backend(repo):
+    (repo / "classifier" / "config.pbtxt").write_text("")
+
+
+def _not_utf8(repo):
+    path = repo / "classifier" / "config.pbtxt"
+    path.write_bytes(path.read_bytes().replace(b"# The image classifier", b"# The image classifier \xff\xfe"))
+
+
+MORE_MISTAKES = [
+    ("step-version-missing", _version_missing, ("step-version-missing", "image_classifier")),
+    ("model-folder-without-config", _config_missing, ("config-missing", "resnet")),
+    ("empty-config", _no_backend, ("backend-missing", "classifier")),
+    ("config-not-utf8", _not_utf8, ("parse-error", "classifier")),
+]
+
+
+@pytest.mark.parametrize(("mistake", "expected"), [m[1:] for m in MORE_MISTAKES], ids=[m[0] for m in MORE_MISTAKES])
+def test_more_layout_mistakes(tmp_path, mistake, expected):
+    repo = committed(tmp_path)
+    mistake(repo)
+    codes = {(f.code, f.model) for f in validate(repo).errors}
+    assert expected in codes, codes
+
+
+def write_model(repo: Path, name: str, config: str, artifact: str = "model.py") -> None:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(config)
+    if artifact:
+        (repo / name / "1" / artifact).write_bytes(b"")
+
+
+def test_valid_but_unusual_configs_stay_clean(tmp_path):
+    """Configs Triton accepts must not be flagged: mixed batching, reshape, strings, several instance groups,
+    a custom model file name, a non-batching ensemble."""
+    repo = tmp_path / "repo"
+    write_model(repo, "pre", 'backend: "python"\nmax_batch_size: 8\n'
+                'input [{ name: "X" data_type: TYPE_UINT8 dims: [ -1 ] allow_ragged_batch: true }]\n'
+                'output [{ name: "Y" data_type: TYPE_FP32 dims: [ 4 ] }]\n')
+    write_model(repo, "post", 'backend: "python"\nmax_batch_size: 0\n'
+                'input [{ name: "Y" data_type: TYPE_FP32 dims: [ 4 ] }]\n'
+                'output [{ name: "Z" data_type: TYPE_FP32 dims: [ 4 ] }]\n'
+                'instance_group [{ kind: KIND_CPU count: 2 }, { kind: KIND_CPU count: 1 }]\n')
+    write_model(repo, "pipeline", 'platform: "ensemble"\nmax_batch_size: 0\n'
+                'input [{ name: "X" data_type: TYPE_UINT8 dims: [ -1 ] }]\n'
+                'output [{ name: "Z" data_type: TYPE_FP32 dims: [ 4 ] }]\n'
+                'ensemble_scheduling { step [\n'
+                '  { model_name: "pre" model_version: 1 input_map { key: "X" value: "X" } output_map { key: "Y" value: "y" } },\n'
+                '  { model_name: "post" model_version: -1 input_map { key: "Y" value: "y" } output_map { key: "Z" value: "Z" } } ] }\n',
+                artifact="")
+    write_model(repo, "strings", 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\ndefault_model_filename: "custom.onnx"\n'
+                'input [{ name: "T" data_type: TYPE_STRING dims: [ 1 ] },'
+                ' { name: "R" data_type: TYPE_FP32 dims: [ 1, 4 ] reshape: { shape: [ 4 ] } }]\n'
+                'output [{ name: "U" data_type: TYPE_STRING dims: [ 1 ] }, { name: "S" data_type: TYPE_FP32 dims: [ 4 ] }]\n',
+                artifact="")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["T"], ["U"]), helper.make_node("Identity", ["R"], ["S"])], "g",
+        [helper.make_tensor_value_info("T", TensorProto.STRING, ["n", 1]), helper.make_tensor_value_info("R", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("U", TensorProto.STRING, ["n", 1]), helper.make_tensor_value_info("S", TensorProto.FLOAT, ["n", 4])])
+    onnx.save(helper.make_model(graph), str(repo / "strings" / "1" / "custom.onnx"))
+    report = validate(repo, flavor="cpu", require_artifacts=True)
+    assert report.ok(strict=True), "\n".join(map(str, report.findings))
+
+
+def test_only_the_versions_triton_loads_need_artifacts(tmp_path):
+    repo = committed(tmp_path)
+    (repo / "classifier" / "2").mkdir()  # the latest version: the one that loads
+    (repo / "classifier" / "02").mkdir()  # not a version for Triton (leading zero)
+    findings = [f for f in validate(repo).findings if f.code == "missing-artifact" and f.model == "classifier"]
+    assert [f.field for f in findings] == ["version 2"]
+
+
+def test_findings_in_a_second_instance_group_point_at_its_line(tmp_path):
+    repo = committed(tmp_path)
+    edit(repo / "classifier" / "config.pbtxt", "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  }\n]",
+         "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  },\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]")
+    (finding,) = validate(repo).errors
+    assert (finding.code, finding.field) == ("cpu-instance-for-tensorrt", "instance_group[1].kind")
+    assert "KIND_CPU" in (repo / "classifier" / "config.pbtxt").read_text().splitlines()[finding.line - 1]
+
+
+def test_an_explicit_flavor_wins_over_the_generated_header(built):
+    assert validate(built.flavor("cpu")).flavor == "cpu"
+    assert validate(built.flavor("cpu"), flavor="gpu").flavor == "gpu"
