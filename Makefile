@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= demo
-EXTRAS ?= build,local,client,test
+EXTRAS ?= build,dali,local,client,test
 comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -20,7 +20,7 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,local,client,test)
+install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,dali,local,client,test)
 
 build: install  ## build artifacts and the cpu/local repositories (MODEL=demo or a model file)
 	$(PY) -m scripts build --model '$(MODEL)'

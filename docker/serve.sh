@@ -5,11 +5,21 @@
 set -eu
 
 KEY_FILE=${TRITON_ADMIN_KEY_FILE:-/run/secrets/triton_admin_key}
-if [ ! -s "$KEY_FILE" ]; then
-  echo "error: no admin key in $KEY_FILE; create it: umask 077 && openssl rand -hex 32 > secrets/triton_admin_key" >&2
+HOW="create it: openssl rand -hex 32 > secrets/triton_admin_key (see secrets/README.md)"
+if [ ! -e "$KEY_FILE" ]; then
+  echo "error: no admin key in $KEY_FILE; $HOW" >&2
   exit 2
 fi
-KEY=$(cat "$KEY_FILE")
+if [ ! -r "$KEY_FILE" ]; then
+  echo "error: $KEY_FILE is not readable by uid $(id -u); compose mounts the file with its host owner and mode:" \
+       "chgrp $(id -g) secrets/triton_admin_key && chmod 0440 secrets/triton_admin_key" >&2
+  exit 2
+fi
+KEY=$(tr -d '\r\n' < "$KEY_FILE")
+if [ "${#KEY}" -lt 32 ]; then
+  echo "error: the admin key in $KEY_FILE has ${#KEY} characters; use at least 32 ($HOW)" >&2
+  exit 2
+fi
 RESTRICTED="model-repository,model-config,shared-memory,logging,trace,statistics:admin-key=$KEY"
 
 MODE=${TRITON_MODEL_CONTROL_MODE:-none}

@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_layout_options(engine)
     engine.add_argument("--precision", choices=("fp32", "fp16"), default=os.environ.get("TRT_PRECISION", "fp16"),
                         help="default: $TRT_PRECISION or fp16")
-    engine.add_argument("--timing-cache", type=Path, default=None, help="default: <build-dir>/trt/timing.cache")
+    engine.add_argument("--timing-cache-dir", type=Path, default=None,
+                        help="default: <build-dir>/trt (one cache file per TensorRT version and GPU architecture)")
     engine.add_argument("--force", action="store_true", help="rebuild even when the metadata matches")
     engine.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
     engine.add_argument("--json", action="store_true", help="print the engine metadata as JSON")
@@ -111,16 +112,16 @@ def _engine(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     spec = builder.bundle.classifier
     plan = args.repository / spec.model_name / "1" / "model.plan"
-    timing_cache = args.timing_cache or args.build_dir / "trt" / "timing.cache"
+    cache_dir = args.timing_cache_dir or args.build_dir / "trt"
     if args.print_trtexec:
-        print(" ".join(engine.trtexec_command(builder.layout.onnx, plan, spec, args.precision, timing_cache)))
+        print(" ".join(engine.trtexec_command(builder.layout.onnx, plan, spec, args.precision, cache_dir / "timing.cache")))
         return EXIT_OK
     if not builder.layout.onnx.is_file():
         print(f"error: {builder.layout.onnx} not found: run `python -m scripts build` first", file=sys.stderr)
         return EXIT_USAGE
     progress_stream = sys.stderr if args.json else sys.stdout
     try:
-        metadata = engine.build(builder.layout.onnx, plan, spec, args.precision, timing_cache, builder.verification_inputs(),
+        metadata = engine.build(builder.layout.onnx, plan, spec, args.precision, cache_dir, builder.verification_inputs(limit=None),
                                 force=args.force, progress=lambda m: print(m, file=progress_stream, flush=True))
     except engine.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -142,6 +143,11 @@ def _serialize_dali(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     target = args.repository / spec.model_name / "1" / "model.dali"
+    wanted = os.environ.get("DALI_VERSION")  # set in the compose builder: the server's DALI
+    if wanted and wanted != nvidia.dali.__version__:
+        print(f"error: this DALI is {nvidia.dali.__version__} but the server's is {wanted} (DALI_VERSION): "
+              "the server could not load the pipeline", file=sys.stderr)
+        return EXIT_FAILED
     try:
         serialized = preprocess.serialize(spec, args.flavor)
     except RuntimeError as exc:  # DALI without CUDA for the `mixed` decoder

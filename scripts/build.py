@@ -234,9 +234,9 @@ class Builder:
         loaded = intake.load(Path(self.model))
         return loaded.kind, loaded.module
 
-    def verification_inputs(self) -> np.ndarray:
-        """Real images, preprocessed: the held-out JPEGs if there are any, and the warmup images."""
-        files = [path for _, path in demo.heldout_images(self.layout.heldout)][:VERIFY_SAMPLES]
+    def verification_inputs(self, limit: int | None = VERIFY_SAMPLES) -> np.ndarray:
+        """Real images, preprocessed: (up to `limit` of) the held-out JPEGs, and the warmup images."""
+        files = [path for _, path in demo.heldout_images(self.layout.heldout)][:limit]
         warmup = self.bundle.model_dir(self.bundle.preprocess.model_name) / "warmup"
         files += sorted(p for p in warmup.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

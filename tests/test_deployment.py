@@ -68,7 +68,9 @@ def test_server_and_builder_share_one_pinned_release():
 def test_server_is_locked_down_by_default(profiles, server):
     triton = rendered(profiles)["services"][server]
     assert triton["user"] == "triton-server"
-    assert triton["entrypoint"] == ["/opt/bundle/serve.sh"]
+    # NVIDIA's entry point still runs first (CUDA set-up), then ours.
+    assert triton["entrypoint"] == ["/opt/nvidia/nvidia_entrypoint.sh", "/bin/sh", "/opt/bundle/serve.sh"]
+    assert triton["cap_drop"] == ["ALL"] and triton["security_opt"] == ["no-new-privileges:true"]
     models = next(v for v in triton["volumes"] if v["target"] == "/models")
     assert models["read_only"] is True
     assert {p["host_ip"] for p in triton["ports"]} == {"127.0.0.1"}, "no port may be published on all interfaces"
@@ -102,6 +104,15 @@ def test_ports_and_bind_address_are_configurable():
     assert (grpc["host_ip"], grpc["published"]) == ("10.1.2.3", "9001")
 
 
+def test_the_builder_gets_only_the_servers_dali():
+    import tomllib
+
+    extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not [r for r in extras["build"] + extras["test"] if "dali" in r.lower()]
+    dockerfile = (PROJECT / "docker" / "builder.Dockerfile").read_text()
+    assert '"/src[build,test]"' in dockerfile and "assert d.__version__ == '${DALI_VERSION}'" in dockerfile
+
+
 def test_no_secret_is_committed():
     tracked = subprocess.run(["git", "ls-files", "secrets"], capture_output=True, text=True, cwd=PROJECT).stdout.split()
     assert tracked in ([], ["secrets/README.md"])
@@ -116,7 +127,10 @@ def fake_tritonserver(directory: Path) -> Path:
     return directory
 
 
-def run_entrypoint(tmp_path, key: str | None = "k3y", mode: str | None = None, path_dir: Path | None = None, *args):
+KEY = "0123456789abcdef" * 4
+
+
+def run_entrypoint(tmp_path, key: str | None = KEY, mode: str | None = None, path_dir: Path | None = None, *args):
     key_file = tmp_path / "admin_key"
     if key is not None:
         key_file.write_text(key)
@@ -134,7 +148,7 @@ def test_entrypoint_hardening_flags(tmp_path):
     for option in ("--http-restricted-api", "--grpc-restricted-protocol"):
         value = next(f.split("=", 1)[1] for f in flags if f.startswith(option + "="))
         apis, credential = value.split(":", 1)
-        assert set(apis.split(",")) == RESTRICTED and credential == "admin-key=k3y"
+        assert set(apis.split(",")) == RESTRICTED and credential == f"admin-key={KEY}"
     assert {"--model-control-mode=none", "--exit-on-error=true", "--strict-readiness=true",
             "--disable-auto-complete-config", "--model-repository=/models"} <= set(flags)
     assert not any(f.startswith("--load-model") for f in flags)
@@ -152,6 +166,18 @@ def test_entrypoint_refuses_to_start_without_a_key(tmp_path):
     assert done.returncode == 2 and "openssl rand" in done.stderr
 
 
+@pytest.mark.parametrize("key", ["\n", "short\n"], ids=["only-a-newline", "too-short"])
+def test_entrypoint_refuses_a_weak_key(tmp_path, key):
+    done = run_entrypoint(tmp_path, key=key)
+    assert done.returncode == 2 and "use at least 32" in done.stderr
+
+
+def test_entrypoint_strips_line_ends_from_the_key(tmp_path):
+    flags = run_entrypoint(tmp_path, key=KEY + "\r\n").stdout.splitlines()
+    restricted = [f for f in flags if f.startswith(("--http-restricted-api=", "--grpc-restricted-protocol="))]
+    assert len(restricted) == 2 and all(f.endswith(f":admin-key={KEY}") for f in restricted)
+
+
 @pytest.mark.integration
 def test_entrypoint_starts_a_real_tritonserver_with_working_restrictions(built, tmp_path):
     """serve.sh's flags against the real tritonserver binary (the one in nvidia-pytriton), on the local flavor."""
@@ -164,7 +190,7 @@ def test_entrypoint_starts_a_real_tritonserver_with_working_restrictions(built, 
     server = LocalServer(built.flavor("local"), prepare_backends(built.backends), http, grpc, metrics)
     binary = Path(server.command()[0]).parent
     key_file = tmp_path / "admin_key"
-    key_file.write_text("s3cret")
+    key_file.write_text(KEY)
     env = {**server_environment(), "TRITON_ADMIN_KEY_FILE": str(key_file), "TRITON_MODEL_REPOSITORY": str(built.flavor("local")),
            "PATH": f"{binary}:{server_environment()['PATH']}"}
     extra = [f"--backend-directory={built.backends.resolve()}", f"--http-port={http}", f"--grpc-port={grpc}",
@@ -178,7 +204,7 @@ def test_entrypoint_starts_a_real_tritonserver_with_working_restrictions(built, 
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
         with pytest.raises(InferenceServerException, match="restricted"):
             client.get_model_repository_index()
-        assert client.get_model_repository_index(headers={"admin-key": "s3cret"})
+        assert client.get_model_repository_index(headers={"admin-key": KEY})
         assert client.is_model_ready("image_classifier")
     finally:
         server.stop()

@@ -94,6 +94,18 @@ def test_accuracy_gate(bundle):
         engine.accuracy_gate(reference, reference[:5], "fp16")
 
 
+def test_the_gate_compares_logits_as_probabilities():
+    logits = np.random.default_rng(1).normal(0, 3, (300, 6)).astype(np.float32)
+    shifted = logits + 0.3  # 0.3 apart as numbers, the same probabilities
+    report = engine.accuracy_gate(logits, shifted, "fp16")
+    assert report.max_abs_diff < 1e-6 and report.passed, report
+
+
+def test_timing_caches_are_kept_per_tensorrt_and_gpu(tmp_path):
+    assert engine.timing_cache_path(tmp_path, "10.13.3", "8.9") == tmp_path / "timing-trt10.13.3-sm89.cache"
+    assert engine.timing_cache_path(tmp_path, "10.13.3", "8.0") != engine.timing_cache_path(tmp_path, "10.13.3", "8.9")
+
+
 def test_trtexec_command_matches_the_profile(bundle, tmp_path):
     spec = dataclasses.replace(bundle.classifier, max_batch_size=32, preferred_batch_sizes=(16,))
     command = engine.trtexec_command(tmp_path / "m.onnx", tmp_path / "m.plan", spec, "fp16", tmp_path / "t.cache")
@@ -108,11 +120,12 @@ def test_trtexec_command_matches_the_profile(bundle, tmp_path):
 def test_gpu_engine_builds_passes_its_gate_and_is_skipped_when_fresh(built, bundle, tmp_path, precision):
     from scripts.build import Builder
 
-    images = Builder(built).verification_inputs()
+    images = Builder(built).verification_inputs(limit=None)
     plan = tmp_path / "model.plan"
-    metadata = engine.build(built.onnx, plan, bundle.classifier, precision, tmp_path / "timing.cache", images)
+    metadata = engine.build(built.onnx, plan, bundle.classifier, precision, tmp_path, images)
     assert metadata["accuracy_gate"]["passed"] and metadata["profile"]["max"] == bundle.classifier.max_batch_size
-    assert (tmp_path / "timing.cache").stat().st_size > 0
+    (cache,) = tmp_path.glob("timing-trt*.cache")
+    assert cache.stat().st_size > 0
     before = plan.stat().st_mtime_ns
-    engine.build(built.onnx, plan, bundle.classifier, precision, tmp_path / "timing.cache", images)
+    engine.build(built.onnx, plan, bundle.classifier, precision, tmp_path, images)
     assert plan.stat().st_mtime_ns == before
