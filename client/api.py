@@ -284,6 +284,7 @@ class _Base:
         self.images_per_request = images_per_request
         self.concurrency = concurrency
         self._names: tuple[str, str] | None = None
+        self._max_batch: list[int | None] = []  # filled once: [max_batch_size or None]
 
     def _new_triton_client(self):
         aio = self._triton.__name__.endswith(".aio")
@@ -291,6 +292,16 @@ class _Base:
 
     def _timeout_kwargs(self) -> dict:
         return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+
+    @staticmethod
+    def _max_batch_from(config) -> int:
+        if isinstance(config, dict):  # HTTP
+            return int(config.get("max_batch_size", 0))
+        return int(config.config.max_batch_size)
+
+    def _per_request(self, max_batch_size: int | None) -> int:
+        """images_per_request, capped by the model's max_batch_size when the server tells it."""
+        return min(self.images_per_request, max_batch_size) if max_batch_size else self.images_per_request
 
     def _names_from(self, metadata) -> tuple[str, str]:
         info = model_info(metadata)
@@ -303,7 +314,8 @@ class _Base:
 class ImageClassifierClient(_Base):
     """Classify images with the served ensemble. Thread-safe; use as a context manager.
 
-    images_per_request > 1 packs several images into one request (zero-padded); 1 (the default)
+    images_per_request > 1 packs several images into one request (zero-padded), at most the model's
+    max_batch_size when the server reveals it (its config API needs `admin_key`); 1 (the default)
     lets the server batch requests itself and keeps every image's errors its own.
     """
 
@@ -356,6 +368,15 @@ class ImageClassifierClient(_Base):
             self._names = self._names_from(self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
         return self._names
 
+    def max_batch_size(self) -> int | None:
+        """The model's max_batch_size, or None when the server does not tell (its config API is an admin API)."""
+        if not self._max_batch:
+            try:
+                self._max_batch.append(self._max_batch_from(self._call(lambda c: c.get_model_config(self.model, headers=self.headers))))
+            except InferenceError:
+                self._max_batch.append(None)
+        return self._max_batch[0]
+
     def _infer(self, images: list[PreparedImage], top_k: int) -> list[ImageResult]:
         names = self.tensor_names()
 
@@ -393,7 +414,8 @@ class ImageClassifierClient(_Base):
                     on_result(result)
             return results
 
-        groups = groups_of([p for p in prepared if isinstance(p, PreparedImage)], self.images_per_request)
+        per_request = self._per_request(self.max_batch_size()) if self.images_per_request > 1 else 1
+        groups = groups_of([p for p in prepared if isinstance(p, PreparedImage)], per_request)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             done = [result for results in pool.map(run, groups) for result in results]
         return merge(prepared, done)
@@ -460,6 +482,14 @@ class AsyncImageClassifierClient(_Base):
             self._names = self._names_from(await self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
         return self._names
 
+    async def max_batch_size(self) -> int | None:
+        if not self._max_batch:
+            try:
+                self._max_batch.append(self._max_batch_from(await self._call(lambda c: c.get_model_config(self.model, headers=self.headers))))
+            except InferenceError:
+                self._max_batch.append(None)
+        return self._max_batch[0]
+
     async def _infer(self, images: list[PreparedImage], top_k: int) -> list[ImageResult]:
         names = await self.tensor_names()
 
@@ -497,7 +527,8 @@ class AsyncImageClassifierClient(_Base):
                     on_result(result)
             return results
 
-        groups = groups_of([p for p in prepared if isinstance(p, PreparedImage)], self.images_per_request)
+        per_request = self._per_request(await self.max_batch_size()) if self.images_per_request > 1 else 1
+        groups = groups_of([p for p in prepared if isinstance(p, PreparedImage)], per_request)
         done = [result for results in await asyncio.gather(*(run(g) for g in groups)) for result in results]
         return merge(prepared, done)
 

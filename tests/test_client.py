@@ -160,6 +160,23 @@ def test_several_images_per_request_give_the_same_results(server, heldout, mode)
 
 @pytest.mark.integration
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_images_per_request_is_capped_by_the_models_max_batch_size(server, bundle, protocol):
+    url = url_of(server, protocol)
+    with ImageClassifierClient(url, protocol=protocol, admin_key=server.admin_key, images_per_request=1000) as classifier:
+        assert classifier.max_batch_size() == bundle.ensemble.max_batch_size
+        assert classifier._per_request(classifier.max_batch_size()) == bundle.ensemble.max_batch_size
+    with ImageClassifierClient(url, protocol=protocol, images_per_request=8) as classifier:
+        assert classifier.max_batch_size() is None  # without the key the server does not tell
+
+    async def read():
+        async with AsyncImageClassifierClient(url, protocol=protocol, admin_key=server.admin_key) as classifier:
+            return await classifier.max_batch_size()
+
+    assert run_async(read()) == bundle.ensemble.max_batch_size
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_server_down_is_reported_as_unavailable_within_the_timeout(protocol):
     (port,) = free_ports(1)
     with ImageClassifierClient(f"127.0.0.1:{port}", protocol=protocol, timeout=2.0, retries=10) as classifier:
