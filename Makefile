@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= demo
-EXTRAS ?= build,dali,local,client,test
+EXTRAS ?= build,dali,local,client,loadtest,test
 comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 REPO ?= model_repository
 
-.PHONY: help install build serve validate test test-gpu verify compose-config clean
+.PHONY: help install build serve validate loadtest loadtest-ceiling test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,dali,local,client,test)
+install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,dali,local,client,loadtest,test)
 
 build: install  ## build artifacts and the cpu/local repositories (MODEL=demo or a model file)
 	$(PY) -m scripts build --model '$(MODEL)'
@@ -30,6 +30,12 @@ serve: build  ## build, then serve the local flavor on TRITON_{HTTP,GRPC,METRICS
 
 validate: install  ## check a model repository (REPO=model_repository, or build/repos/cpu, build/repos/local)
 	$(PY) -m scripts validate '$(REPO)'
+
+loadtest: build  ## a short headless Locust run against the local server (started if none is running); ARGS=... to Locust
+	$(PY) -m loadtest.local $(ARGS)
+
+loadtest-ceiling: build  ## how many req/s one Locust worker drives vs a plain tritonclient loop (identity model)
+	$(PY) -m loadtest.ceiling
 
 test: install  ## unit and integration tests (GPU tests are skipped)
 	$(PY) -m pytest
@@ -41,7 +47,7 @@ verify:  ## on the GPU box: start the stack if needed, then GPU tests + live che
 	COMPOSE_PROFILES=gpu,verify docker compose run --rm verify
 
 compose-config:  ## validate docker-compose.yml for every profile, offline
-	for p in gpu cpu gpu,verify; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
+	for p in gpu cpu gpu,verify gpu,loadtest; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
 
 clean:  ## remove build outputs (not the venv)
 	rm -rf build

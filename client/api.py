@@ -177,7 +177,7 @@ def parse_prediction(entry: bytes | str) -> Prediction:
 
 
 def build_request(module, names: tuple[str, str], images: Sequence[PreparedImage], top_k: int):
-    """One request for `images`: rows of encoded bytes, zero-padded to the longest."""
+    """One request for `images`: rows of encoded bytes, zero-padded to the longest (top_k 0: raw output)."""
     input_name, output_name = names
     batch = np.zeros((len(images), max(len(i.data) for i in images)), dtype=np.uint8)
     for row, image in zip(batch, images):

@@ -17,8 +17,9 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md /src/
 COPY scripts /src/scripts
 COPY client /src/client
+COPY loadtest /src/loadtest
 # The `build` extra has no DALI: the only DALI here is the server's.
-RUN pip install --no-cache-dir "/src[build,test]" "nvidia-dali-cuda130==${DALI_VERSION}" \
+RUN pip install --no-cache-dir "/src[build,loadtest,test]" "nvidia-dali-cuda130==${DALI_VERSION}" \
  && python -c "import tensorrt, nvidia.dali as d; print('TensorRT', tensorrt.__version__, 'DALI', d.__version__); \
 assert d.__version__ == '${DALI_VERSION}', 'installed DALI differs from DALI_VERSION'"
 ENV DALI_VERSION=${DALI_VERSION}

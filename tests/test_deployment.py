@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import PROJECT, free_ports
 
 COMPOSE_FILE = PROJECT / "docker-compose.yml"
-PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"}}
+PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"},
+            "gpu,loadtest": {"builder", "triton", "locust-master", "locust-worker"}}
 RESTRICTED = {"model-repository", "model-config", "shared-memory", "logging", "trace", "statistics"}
 
 
@@ -98,6 +99,14 @@ def test_server_waits_for_a_successful_build_and_reserves_gpus():
     assert cpu["triton-cpu"]["depends_on"]["builder-cpu"]["condition"] == "service_completed_successfully"
 
 
+def test_locust_master_drives_workers_against_the_server():
+    services = rendered("gpu,loadtest")["services"]
+    master, worker = services["locust-master"], services["locust-worker"]
+    assert "--master" in master["command"] and master["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert {p["host_ip"] for p in master["ports"]} == {"127.0.0.1"}
+    assert "--worker" in worker["command"] and worker["command"][worker["command"].index("--master-host") + 1] == "locust-master"
+
+
 def test_ports_and_bind_address_are_configurable():
     triton = rendered("gpu", TRITON_BIND_ADDRESS="10.1.2.3", TRITON_GRPC_PORT="9001")["services"]["triton"]
     grpc = next(p for p in triton["ports"] if p["target"] == 8001)
@@ -110,7 +119,7 @@ def test_the_builder_gets_only_the_servers_dali():
     extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert not [r for r in extras["build"] + extras["test"] if "dali" in r.lower()]
     dockerfile = (PROJECT / "docker" / "builder.Dockerfile").read_text()
-    assert '"/src[build,test]"' in dockerfile and "assert d.__version__ == '${DALI_VERSION}'" in dockerfile
+    assert '"/src[build,loadtest,test]"' in dockerfile and "assert d.__version__ == '${DALI_VERSION}'" in dockerfile
 
 
 def test_no_secret_is_committed():

@@ -1,0 +1,41 @@
+"""`make loadtest`: a short headless Locust run against the local server.
+
+Uses the server already answering on TRITON_{HTTP,GRPC,METRICS}_PORT (for example `make serve` in
+another shell); when none does, starts the local flavor for the run and stops it after. Extra
+arguments go to Locust: `python -m loadtest.local --run-time 1m --slo-p95-ms 50`.
+Exit code: Locust's (non-zero when the SLO gate fails or requests fail).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
+from scripts.build import Layout
+from scripts.serve import LocalServer, ports_from_env, prepare_backends
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str]) -> int:
+    ports = ports_from_env()
+    layout = Layout(PROJECT / "model_repository", PROJECT / "build")
+    server = LocalServer(layout.flavor("local"), layout.backends, ports["http"], ports["grpc"], ports["metrics"],
+                         log_path=layout.build_dir / "logs" / "loadtest-server.log")
+    with contextlib.ExitStack() as stack:
+        if server.is_ready():
+            print(f"using the server already running at {server.http_url}", flush=True)
+        else:
+            print(f"starting the local server on {server.grpc_url} for this run ...", flush=True)
+            prepare_backends(layout.backends)
+            stack.enter_context(server)
+        command = [sys.executable, "-m", "locust", "--config", str(PROJECT / "loadtest" / "locust.conf"),
+                   "--run-time", "20s", "--triton-grpc", server.grpc_url, "--triton-http", server.http_url,
+                   "--metrics-url", server.metrics_url, *argv]
+        return subprocess.run(command, cwd=PROJECT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
