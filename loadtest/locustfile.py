@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import grpc.experimental.gevent
-from locust import User, constant, events, tag, task
+from locust import LoadTestShape, User, constant, events, tag, task
 from locust.runners import MasterRunner, WorkerRunner
 
 from client.api import DEFAULT_MODEL, build_request, triton_module
 from client.images import PreparedImage, prepare
 from loadtest import report
-from loadtest.shapes import SHAPES, ConfiguredShape  # noqa: F401 (Locust finds the shape class here)
+from loadtest.shapes import SHAPES, users_at
 
 # gRPC's C core must yield to gevent, or one user blocks the whole process (after Locust's monkey patching).
 grpc.experimental.gevent.init_gevent()
@@ -32,6 +32,21 @@ PROJECT = Path(__file__).resolve().parent.parent
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 CORPUS: list[PreparedImage] = []
 RUN: dict = {}  # what the master (or the local runner) collects over the run
+
+
+class ConfiguredShape(LoadTestShape):
+    """The shape named by --load-shape (Locust uses the one shape class a locustfile defines)."""
+
+    use_common_options = True
+
+    def tick(self):
+        options = self.runner.environment.parsed_options
+        users = users_at(options.load_shape, self.get_run_time(), options.num_users or 1, options.run_time or 0,
+                         options.step_users, options.step_seconds, options.spike_seconds)
+        if users is None:
+            return None
+        # A spike arrives at once; the other shapes ramp at --spawn-rate.
+        return users, (users if options.load_shape == "spike" else options.spawn_rate or users)
 
 
 @events.init_command_line_parser.add_listener

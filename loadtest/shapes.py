@@ -7,8 +7,7 @@ spike   hold --users // 4, jump to --users for --spike-seconds in the middle of 
 
 from __future__ import annotations
 
-from locust import LoadTestShape
-
+# No Locust import here: importing locust monkey-patches the whole process for gevent.
 SHAPES = ("steady", "step", "spike")
 
 
@@ -26,18 +25,3 @@ def users_at(shape: str, elapsed: float, users: int, run_time: float, step_users
         start = (run_time - spike_seconds) / 2 if run_time else 0.0
         return users if start <= elapsed < start + spike_seconds else base
     raise ValueError(f"unknown load shape {shape!r}; expected one of {SHAPES}")
-
-
-class ConfiguredShape(LoadTestShape):
-    """The shape named by --load-shape (Locust uses the one shape class a locustfile defines)."""
-
-    use_common_options = True
-
-    def tick(self):
-        options = self.runner.environment.parsed_options
-        users = users_at(options.load_shape, self.get_run_time(), options.num_users or 1, options.run_time or 0,
-                         options.step_users, options.step_seconds, options.spike_seconds)
-        if users is None:
-            return None
-        # A spike arrives at once; the other shapes ramp at --spawn-rate.
-        return users, (users if options.load_shape == "spike" else options.spawn_rate or users)

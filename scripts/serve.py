@@ -205,9 +205,22 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._reap_stubs()
         for leftover in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
             leftover.unlink(missing_ok=True)
         return self.process.returncode
+
+    def _reap_stubs(self) -> None:
+        """Kill python-backend stubs a crashed server left behind (they outlive a SIGKILLed server).
+
+        Each stub's command line names its shared-memory region, which starts with our prefix.
+        """
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if self.shm_prefix.encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue  # gone, or not ours to read
 
     def __enter__(self) -> "LocalServer":
         self.start()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,8 +252,9 @@ def test_the_client_recovers_from_a_server_restart(built, heldout, tmp_path):
         while len(progress) < 20:
             time.sleep(0.05)
         killed_at = len(progress)
-        server.process.kill()  # a crash: requests in flight fail, new ones find nothing listening
-        server.stop()
+        crashed = server
+        crashed.process.kill()  # a crash: requests in flight fail, new ones find nothing listening
+        crashed.stop()
         server = start()
         worker.join(timeout=300)
         assert not worker.is_alive()
@@ -260,6 +262,8 @@ def test_the_client_recovers_from_a_server_restart(built, heldout, tmp_path):
         classifier.close()
         server.stop()
     assert killed_at < len(images) - 20, "the server died too late to test anything"
+    stubs = [p for p in Path("/proc").glob("[0-9]*") if (p / "cmdline").exists() and crashed.shm_prefix.encode() in (p / "cmdline").read_bytes()]
+    assert not stubs, "the crashed server's python backend stubs were left running"
     failures = [r for r in results if not r.ok]
     assert not failures, failures[:3]
     labels = [label for label, _ in heldout] * 2

@@ -94,3 +94,9 @@ def test_the_slo_gate_fails_an_impossible_threshold(server, tmp_path):
     assert done.returncode == 1
     verdict = [line for line in done.stdout.splitlines() if line.startswith("SLO ")]
     assert len(verdict) == 1 and verdict[0].startswith("SLO FAIL: p95") and "> 0.01ms" in verdict[0]
+
+
+def test_the_offline_pieces_do_not_import_locust():
+    """Importing locust monkey-patches threads and sockets for gevent: it must stay out of other processes."""
+    code = "import sys, loadtest.report, loadtest.shapes; sys.exit('locust' in sys.modules or 'gevent.monkey' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT).returncode == 0
