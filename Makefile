@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= demo
-EXTRAS ?= build,dali,local,client,loadtest,test
+EXTRAS ?= build,dali,local,client,loadtest,bench,test
 comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 REPO ?= model_repository
 
-.PHONY: help install build serve validate loadtest loadtest-ceiling test test-gpu verify compose-config clean
+.PHONY: help install build serve validate loadtest loadtest-ceiling bench test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,dali,local,client,loadtest,test)
+install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,dali,local,client,loadtest,bench,test)
 
 build: install  ## build artifacts and the cpu/local repositories (MODEL=demo or a model file)
 	$(PY) -m scripts build --model '$(MODEL)'
@@ -36,6 +36,9 @@ loadtest: build  ## a short headless Locust run against the local server (starte
 
 loadtest-ceiling: build  ## how many req/s one Locust worker drives vs a plain tritonclient loop (identity model)
 	$(PY) -m loadtest.ceiling
+
+bench: build  ## serving cost side by side: in-process vs served, batching on/off, two models, build time (build/bench/)
+	$(PY) -m scripts.bench
 
 test: install  ## unit and integration tests (GPU tests are skipped)
 	$(PY) -m pytest

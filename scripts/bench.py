@@ -1,0 +1,349 @@
+"""Bench: what serving costs, measured side by side in one run (`make bench`).
+
+For the demo model and a ResNet-50-sized classifier (random weights, 224x224), on 640x480 JPEGs:
+1. in-process baseline: the same CPU DALI pipeline and ONNX Runtime session in one process, per batch size;
+2. served: the ensemble through the real local Triton, gRPC and HTTP, at several concurrencies;
+3. dynamic batching off (a config variant generated in code) vs on;
+4. stage costs from Triton's statistics API (preprocessing, model, ensemble);
+5. the full local build from scratch (demo model).
+Writes a table to stdout, a CSV and a PNG under build/bench/, and ends with one `summary:` line.
+Client and server share this machine's cores: compare ratios, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scripts import demo, preprocess, repository
+from scripts.build import Builder, Layout
+from scripts.config import CONFIG_FILENAME, load_bundle, read_config, write_config
+from scripts.serve import LocalServer, prepare_backends
+
+PROJECT = Path(__file__).resolve().parent.parent
+RESULTS = PROJECT / "build" / "bench"
+IMAGE_SIZE = (640, 480)
+RESNET_LABELS = 1000
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    mode: str  # "in-process", "served", "served, no batching"
+    protocol: str
+    concurrency: int  # batch size for in-process
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def realistic_jpegs(count: int) -> list[bytes]:
+    """Demo shapes re-rendered as 640x480 JPEGs (the size of a typical camera frame)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    images = []
+    for index in range(count):
+        label = sorted(demo.SHAPES)[index % len(demo.SHAPES)]
+        with Image.open(io.BytesIO(demo.render(label, rng))) as small:
+            buffer = io.BytesIO()
+            small.convert("RGB").resize(IMAGE_SIZE).save(buffer, "JPEG", quality=90)
+        images.append(buffer.getvalue())
+    return images
+
+
+def percentiles(latencies_ms: list[float]) -> tuple[float, float, float]:
+    p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+# -- 1. in process -------------------------------------------------------------------------------
+def in_process(model: str, layout: Layout, images: list[bytes], seconds: float) -> list[Row]:
+    """The served computation without a server: DALI (CPU) + ONNX Runtime, batch by batch."""
+    import onnxruntime as ort
+    from nvidia.dali import Pipeline
+
+    spec = load_bundle(layout.repository)
+    session = ort.InferenceSession(str(layout.onnx), providers=["CPUExecutionProvider"])
+    rows = []
+    for batch in (1, 8, spec.preprocess.max_batch_size):
+        pipeline = Pipeline.deserialize(serialized_pipeline=layout.dali_cpu.read_bytes(), batch_size=batch,
+                                        num_threads=spec.preprocess.num_threads, device_id=None,
+                                        exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
+        pipeline.build()
+        latencies, done, start = [], 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            chunk = [np.frombuffer(images[(done + i) % len(images)], np.uint8) for i in range(batch)]
+            began = time.perf_counter()
+            pipeline.feed_input(spec.preprocess.input_name, chunk)
+            (pixels,) = pipeline.run()
+            session.run([spec.classifier.output_name], {spec.classifier.input_name: pixels.as_array()})
+            latencies.append((time.perf_counter() - began) * 1000)
+            done += batch
+        rate = done / (time.perf_counter() - start)
+        rows.append(Row(model, "in-process", "-", batch, rate, *percentiles(latencies)))
+    return rows
+
+
+# -- 2./3. served --------------------------------------------------------------------------------
+def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], images: list[bytes],
+                concurrency: int, seconds: float) -> tuple[float, list[float]]:
+    """`concurrency` threads, one client each, one image per request, back to back."""
+    from client.api import build_request, triton_module
+    from client.images import PreparedImage
+
+    module = triton_module(protocol, aio=False)
+    prepared = [PreparedImage(f"#{i}", data, "JPEG", *IMAGE_SIZE) for i, data in enumerate(images)]
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    deadline = time.monotonic() + seconds
+
+    def worker(index: int) -> None:
+        client = module.InferenceServerClient(url)
+        n = index
+        while time.monotonic() < deadline:
+            inputs, outputs = build_request(module, names, [prepared[n % len(prepared)]], 1)
+            began = time.perf_counter()
+            client.infer(model, inputs, outputs=outputs)
+            latencies[index].append((time.perf_counter() - began) * 1000)
+            n += concurrency
+        client.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    flat = [value for values in latencies for value in values]
+    return len(flat) / (time.monotonic() - started), flat
+
+
+def stage_costs(server: LocalServer, names: list[str]) -> dict[str, float]:
+    """Mean compute (and queue) ms per request of each model, from the statistics API."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    costs = {}
+    for name in names:
+        stats = client.get_inference_statistics(name, headers=server.admin_headers)["model_stats"][0]["inference_stats"]
+        count = stats["success"]["count"] or 1
+        costs[f"{name} compute ms"] = (stats["compute_input"]["ns"] + stats["compute_infer"]["ns"] + stats["compute_output"]["ns"]) / count / 1e6
+        costs[f"{name} queue ms"] = stats["queue"]["ns"] / count / 1e6
+    client.close()
+    return costs
+
+
+def served(model: str, repo: Path, backends: Path, images: list[bytes], concurrencies: list[int], seconds: float,
+           mode: str, protocols: tuple[str, ...]) -> tuple[list[Row], dict[str, float]]:
+    bundle = load_bundle(repo)
+    names = (bundle.preprocess.input_name, bundle.classifier.output_name)
+    http, grpc, metrics = free_ports(3)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch, LocalServer(repo, backends, http, grpc, metrics,
+                                                               log_path=Path(scratch) / "server.log") as server:
+        for protocol in protocols:
+            url = server.grpc_url if protocol == "grpc" else server.http_url
+            closed_loop(protocol, url, bundle.ensemble.name, names, images, 2, 1.0)  # warm the connections
+            for concurrency in concurrencies:
+                rate, latencies = closed_loop(protocol, url, bundle.ensemble.name, names, images, concurrency, seconds)
+                rows.append(Row(model, mode, protocol, concurrency, rate, *percentiles(latencies)))
+        costs = stage_costs(server, [bundle.preprocess.model_name, bundle.classifier.model_name, bundle.ensemble.name])
+    return rows, costs
+
+
+def without_batching(source: Path, target: Path) -> Path:
+    """A copy of a flavor repository with dynamic batching removed from every model (configs via protobuf)."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    for path in target.glob(f"*/{CONFIG_FILENAME}"):
+        config = read_config(path)
+        config.ClearField("dynamic_batching")
+        write_config(config, path, "bench variant: dynamic batching off")
+    return target
+
+
+# -- the ResNet-50-sized model -------------------------------------------------------------------
+def resnet50(num_classes: int):
+    """ResNet-50 (bottleneck blocks 3-4-6-3), random weights: the compute-bound case."""
+    import torch
+    from torch import nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin: int, width: int, stride: int):
+            super().__init__()
+            cout = width * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    layers, cin = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)], 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for index in range(blocks):
+            layers.append(Bottleneck(cin, width, stride if index == 0 else 1))
+            cin = width * 4
+    torch.manual_seed(0)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes), nn.Softmax(dim=1)).eval()
+
+
+def resnet_repository(target: Path) -> Path:
+    """The committed repository with a 224x224 input and 1000 classes, edited through the protobuf schema."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(PROJECT / "model_repository", target)
+    bundle = load_bundle(target)
+    (target / bundle.classifier.model_name / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(RESNET_LABELS)))
+    for name, config in bundle.configs.items():
+        if name == bundle.preprocess.model_name:
+            config.output[0].dims[:] = [3, 224, 224]
+            config.parameters["resize_shorter"].string_value = "256"
+        if name == bundle.classifier.model_name:
+            config.input[0].dims[:] = [3, 224, 224]
+            for warmup in config.model_warmup:
+                for data in warmup.inputs.values():
+                    data.dims[:] = [3, 224, 224]
+        if name in (bundle.classifier.model_name, bundle.ensemble.name):
+            config.output[0].dims[:] = [RESNET_LABELS]
+        write_config(config, bundle.config_path(name), "bench variant: ResNet-50-sized classifier")
+    return target
+
+
+def prepare_models(models: list[str], progress) -> dict[str, Layout]:
+    layouts = {"demo": Layout(PROJECT / "model_repository", PROJECT / "build")}
+    Builder(layouts["demo"], progress=lambda m: None).run(("local",))
+    if "resnet50" not in models:
+        return layouts
+    resnet_dir = RESULTS / "resnet50"
+    layout = Layout(resnet_repository(resnet_dir / "model_repository"), resnet_dir / "build")
+    onnx_file = resnet_dir / "resnet50_random.onnx"
+    if not onnx_file.exists():
+        from scripts import export
+
+        progress("exporting the ResNet-50-sized model ...")
+        export.export(resnet50(RESNET_LABELS), load_bundle(layout.repository).classifier, onnx_file)
+    Builder(layout, model=str(onnx_file), progress=lambda m: None).run(("local",))
+    layouts["resnet50"] = layout
+    return layouts
+
+
+def build_from_scratch() -> float:
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        Builder(Layout(PROJECT / "model_repository", Path(scratch)), progress=lambda m: None).run(("local",))
+        return time.perf_counter() - started
+
+
+# -- report --------------------------------------------------------------------------------------
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted({(r.model, r.mode, r.protocol) for r in rows if r.mode != "in-process"}):
+        points = sorted((r.concurrency, r.images_per_s, r.p95_ms) for r in rows if (r.model, r.mode, r.protocol) == key)
+        label = f"{key[0]} {key[2]}" + (" (no batching)" if "no batching" in key[1] else "")
+        throughput.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        latency.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+    for axis, title in ((throughput, "images/s"), (latency, "p95 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrency (requests in flight)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    throughput.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="default: %(default)s")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=64, help="distinct 640x480 JPEGs (default: %(default)s)")
+    parser.add_argument("--skip-build-time", action="store_true", help="do not time a build from scratch")
+    parser.add_argument("--models", nargs="+", choices=["demo", "resnet50"], default=["demo", "resnet50"], help="default: both")
+    args = parser.parse_args(argv)
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    images = realistic_jpegs(args.images)
+    progress("building the demo and the ResNet-50-sized repositories ...")
+    layouts = prepare_models(args.models, progress)
+    rows: list[Row] = []
+    costs: dict[str, dict[str, float]] = {}
+    backends = prepare_backends(layouts["demo"].backends)
+    for model, layout in layouts.items():
+        progress(f"{model}: in process ...")
+        rows += in_process(model, layout, images, args.seconds)
+        progress(f"{model}: served ...")
+        served_rows, costs[model] = served(model, layout.flavor("local"), backends, images, args.concurrency, args.seconds,
+                                           "served", ("grpc", "http"))
+        rows += served_rows
+        progress(f"{model}: served without dynamic batching ...")
+        variant = without_batching(layout.flavor("local"), RESULTS / f"{model}-no-batching")
+        rows += served(model, variant, backends, images, args.concurrency, args.seconds, "served, no batching", ("grpc",))[0]
+    build_s = float("nan") if args.skip_build_time else build_from_scratch()
+
+    with open(RESULTS / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(Row)])
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in rows)
+    plot(rows, RESULTS / "throughput_latency.png")
+
+    print(f"{'model':<9} {'mode':<20} {'proto':<5} {'conc/batch':>10} {'images/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for r in rows:
+        print(f"{r.model:<9} {r.mode:<20} {r.protocol:<5} {r.concurrency:>10} {r.images_per_s:>9.1f} {r.p50_ms:>8.2f} "
+              f"{r.p95_ms:>8.2f} {r.p99_ms:>8.2f}")
+    for model, model_costs in costs.items():
+        print(f"stage costs ({model}, all served runs): " + ", ".join(f"{k} {v:.2f}" for k, v in model_costs.items()))
+    print(f"build from scratch (demo, local flavor): {build_s:.1f} s")
+    print(f"results: {RESULTS / 'results.csv'}, {RESULTS / 'throughput_latency.png'}")
+
+    def pick(mode, protocol, concurrency=None, model="demo"):
+        return [r for r in rows if (r.model, r.mode, r.protocol) == (model, mode, protocol)
+                and (concurrency is None or r.concurrency == concurrency)]
+
+    inprocess = max(pick("in-process", "-"), key=lambda r: r.images_per_s)
+    inprocess_batch1 = pick("in-process", "-", 1)[0]
+    grpc = pick("served", "grpc")
+    best = max(r.images_per_s for r in grpc)
+    by_conc = {r.concurrency: r for r in grpc}
+    gain = by_conc[max(by_conc)].images_per_s / by_conc[min(by_conc)].images_per_s
+    overhead = by_conc[min(by_conc)].p50_ms - inprocess_batch1.p50_ms
+    print(f"summary: served_vs_inprocess={best / inprocess.images_per_s:.2f} batching_gain={gain:.2f} "
+          f"p50_overhead_ms={overhead:.2f} build_s={build_s:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The benchmark's config variants (generated in code) are valid repositories; the numbers come from `make bench`."""
+
+from __future__ import annotations
+
+from scripts import bench
+from scripts.config import load_bundle, read_config
+from scripts.validate import validate
+
+
+def test_resnet_variant_is_a_valid_224_pixel_1000_class_bundle(tmp_path):
+    repo = bench.resnet_repository(tmp_path / "model_repository")
+    bundle = load_bundle(repo)
+    assert bundle.classifier.input_dims == (3, 224, 224) and len(bundle.classifier.labels) == 1000
+    assert bundle.preprocess.resize_shorter == 256
+    assert validate(repo).ok(strict=True)
+
+
+def test_no_batching_variant_only_drops_dynamic_batching(built, tmp_path):
+    variant = bench.without_batching(built.flavor("local"), tmp_path / "variant")
+    for name in ("preprocess", "classifier", "image_classifier"):
+        original = read_config(built.flavor("local") / name / "config.pbtxt")
+        changed = read_config(variant / name / "config.pbtxt")
+        assert not changed.HasField("dynamic_batching")
+        original.ClearField("dynamic_batching")
+        assert changed == original
+    assert validate(variant, require_artifacts=True).ok(strict=True)
+
+
+def test_realistic_jpegs_are_640_by_480():
+    from PIL import Image
+    import io
+
+    images = bench.realistic_jpegs(3)
+    assert len(set(images)) == 3
+    assert all(Image.open(io.BytesIO(data)).size == bench.IMAGE_SIZE for data in images)
