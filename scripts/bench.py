@@ -274,6 +274,7 @@ def plot(rows: list[Row], path: Path) -> None:
         latency.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
     for axis, title in ((throughput, "images/s"), (latency, "p95 latency (ms)")):
         axis.set_xscale("log", base=2)
+        axis.set_yscale("log")  # both models on one chart: they differ by 30x
         axis.set_xlabel("concurrency (requests in flight)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
