@@ -215,16 +215,16 @@ def test_diff_shows_how_the_live_configs_differ(server, built, tmp_path):
     edited = tmp_path / "local"
     shutil.copytree(built.flavor("local"), edited)
     config = edited / "preprocess" / "config.pbtxt"
-    config.write_text(config.read_text().replace("max_queue_delay_microseconds: 500", "max_queue_delay_microseconds: 2000"))
+    config.write_text(config.read_text().replace("max_queue_delay_microseconds: 100", "max_queue_delay_microseconds: 2000"))
     shutil.copytree(edited / "preprocess", edited / "resize")
     differences = {(d.model, d.field): (d.committed, d.live) for d in diff_live(edited, server.http_url, server.admin_headers)}
-    assert differences[("preprocess", "dynamic_batching.max_queue_delay_microseconds")] == ("2000", "500")
+    assert differences[("preprocess", "dynamic_batching.max_queue_delay_microseconds")] == ("2000", "100")
     assert differences[("resize", "(model)")][1].startswith("not served")
     assert len(differences) == 2
 
     command = [sys.executable, "-m", "scripts", "diff", str(edited), "--url", server.http_url]
     with_key = subprocess.run([*command, f"--admin-key={server.admin_key}"], capture_output=True, text=True, cwd=PROJECT, timeout=60)
-    assert with_key.returncode == 1 and "committed 2000, live 500" in with_key.stdout
+    assert with_key.returncode == 1 and "committed 2000, live 100" in with_key.stdout
     without_key = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT, timeout=60,
                                  env={k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"})
     assert without_key.returncode == 2 and "admin-key" in without_key.stderr

@@ -88,7 +88,7 @@ def _preferred(repo):
 
 
 def _queue_delay(repo):
-    edit(repo / "preprocess" / "config.pbtxt", "max_queue_delay_microseconds: 500", "max_queue_delay_microseconds: 5000000")
+    edit(repo / "preprocess" / "config.pbtxt", "max_queue_delay_microseconds: 100", "max_queue_delay_microseconds: 5000000")
 
 
 def _instance_count(repo):
