@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,21 +23,11 @@ from pathlib import Path
 from client.api import build_request, triton_module
 from client.images import prepare
 from scripts.build import Layout
-from scripts.serve import LocalServer, prepare_backends
+from scripts.serve import LocalServer, free_ports, prepare_backends
 
 PROJECT = Path(__file__).resolve().parent.parent
 IDENTITY = PROJECT / "loadtest" / "identity"
 NAMES = ("IMAGE", "ECHO")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def plain_loop(protocol: str, url: str, image, seconds: float, threads: int) -> float:

@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import io
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -29,7 +28,7 @@ import numpy as np
 from scripts import demo, preprocess, repository
 from scripts.build import Builder, Layout
 from scripts.config import CONFIG_FILENAME, load_bundle, read_config, write_config
-from scripts.serve import LocalServer, prepare_backends
+from scripts.serve import LocalServer, free_ports, prepare_backends
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS = PROJECT / "build" / "bench"
@@ -47,16 +46,6 @@ class Row:
     p50_ms: float
     p95_ms: float
     p99_ms: float
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def realistic_jpegs(count: int) -> list[bytes]:

@@ -39,6 +39,20 @@ def _pytriton_dist() -> Path:
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now (for tests and benchmarks)."""
+    import socket
+
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def ports_from_env() -> dict[str, int]:
     ports = {}
     for kind, default in DEFAULT_PORTS.items():

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from scripts.build import Builder, Layout
 from scripts.config import load_bundle
-from scripts.serve import LocalServer, prepare_backends
+from scripts.serve import LocalServer, free_ports, prepare_backends
 
 PROJECT = Path(__file__).resolve().parent.parent
 REPOSITORY = PROJECT / "model_repository"
 BUILD_DIR = PROJECT / "build"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,8 @@ from client import (
 )
 from client.api import parse_prediction, to_client_error
 from client.images import prepare
-from scripts.serve import LocalServer, prepare_backends
-from tests.conftest import PROJECT, free_ports
+from scripts.serve import LocalServer, free_ports, prepare_backends
+from tests.conftest import PROJECT
 
 
 def encode(fmt: str, size=(40, 30)) -> bytes:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, free_ports
+from scripts.serve import free_ports
+from tests.conftest import PROJECT
 
 COMPOSE_FILE = PROJECT / "docker-compose.yml"
 PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"},

@@ -17,7 +17,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from client import ImageClassifierClient
-from tests.conftest import PROJECT, free_ports
+from scripts.serve import free_ports
+from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.integration
 
