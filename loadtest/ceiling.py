@@ -16,12 +16,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from client.api import build_request, triton_module
 from client.images import prepare
+from scripts.bench import closed_loop
 from scripts.build import Layout
 from scripts.serve import LocalServer, free_ports, prepare_backends
 
@@ -32,25 +30,7 @@ NAMES = ("IMAGE", "ECHO")
 
 def plain_loop(protocol: str, url: str, image, seconds: float, threads: int) -> float:
     """Requests/s of `threads` threads, each with its own tritonclient client, sending back to back."""
-    module = triton_module(protocol, aio=False)
-    counts = [0] * threads
-    deadline = time.monotonic() + seconds
-
-    def worker(index: int) -> None:
-        client = module.InferenceServerClient(url)
-        inputs, outputs = build_request(module, NAMES, [image], 0)
-        while time.monotonic() < deadline:
-            client.infer("identity", inputs, outputs=outputs)
-            counts[index] += 1
-        client.close()
-
-    started = time.monotonic()
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return sum(counts) / (time.monotonic() - started)
+    return closed_loop(protocol, url, "identity", NAMES, [image], threads, seconds, top_k=0)[0]
 
 
 def locust_run(user: str, server: LocalServer, images_dir: Path, seconds: float, users: int, workdir: Path) -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts import demo, preprocess, repository
+from scripts import demo
 from scripts.build import Builder, Layout
 from scripts.config import CONFIG_FILENAME, load_bundle, read_config, write_config
 from scripts.serve import LocalServer, free_ports, prepare_backends
@@ -97,14 +97,15 @@ def in_process(model: str, layout: Layout, images: list[bytes], seconds: float) 
 
 
 # -- 2./3. served --------------------------------------------------------------------------------
-def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], images: list[bytes],
-                concurrency: int, seconds: float) -> tuple[float, list[float]]:
-    """`concurrency` threads, one client each, one image per request, back to back."""
+def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], images: list, concurrency: int,
+                seconds: float, top_k: int = 1) -> tuple[float, list[float]]:
+    """`concurrency` threads, one client each, one image (PreparedImage) per request, back to back.
+
+    Returns (requests/s, latencies in ms). top_k 0 asks for the raw output.
+    """
     from client.api import build_request, triton_module
-    from client.images import PreparedImage
 
     module = triton_module(protocol, aio=False)
-    prepared = [PreparedImage(f"#{i}", data, "JPEG", *IMAGE_SIZE) for i, data in enumerate(images)]
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     deadline = time.monotonic() + seconds
 
@@ -112,7 +113,7 @@ def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], ima
         client = module.InferenceServerClient(url)
         n = index
         while time.monotonic() < deadline:
-            inputs, outputs = build_request(module, names, [prepared[n % len(prepared)]], 1)
+            inputs, outputs = build_request(module, names, [images[n % len(images)]], top_k)
             began = time.perf_counter()
             client.infer(model, inputs, outputs=outputs)
             latencies[index].append((time.perf_counter() - began) * 1000)
@@ -146,17 +147,20 @@ def stage_costs(server: LocalServer, names: list[str]) -> dict[str, float]:
 
 def served(model: str, repo: Path, backends: Path, images: list[bytes], concurrencies: list[int], seconds: float,
            mode: str, protocols: tuple[str, ...]) -> tuple[list[Row], dict[str, float]]:
+    from client.images import PreparedImage
+
     bundle = load_bundle(repo)
     names = (bundle.preprocess.input_name, bundle.classifier.output_name)
+    prepared = [PreparedImage(f"#{i}", data, "JPEG", *IMAGE_SIZE) for i, data in enumerate(images)]
     http, grpc, metrics = free_ports(3)
     rows = []
     with tempfile.TemporaryDirectory() as scratch, LocalServer(repo, backends, http, grpc, metrics,
                                                                log_path=Path(scratch) / "server.log") as server:
         for protocol in protocols:
             url = server.grpc_url if protocol == "grpc" else server.http_url
-            closed_loop(protocol, url, bundle.ensemble.name, names, images, 2, 1.0)  # warm the connections
+            closed_loop(protocol, url, bundle.ensemble.name, names, prepared, 2, 1.0)  # warm the connections
             for concurrency in concurrencies:
-                rate, latencies = closed_loop(protocol, url, bundle.ensemble.name, names, images, concurrency, seconds)
+                rate, latencies = closed_loop(protocol, url, bundle.ensemble.name, names, prepared, concurrency, seconds)
                 rows.append(Row(model, mode, protocol, concurrency, rate, *percentiles(latencies)))
         costs = stage_costs(server, [bundle.preprocess.model_name, bundle.classifier.model_name, bundle.ensemble.name])
     return rows, costs

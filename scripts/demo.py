@@ -102,7 +102,7 @@ def render(label: str, rng: np.random.Generator) -> bytes:
 def samples(labels: tuple[str, ...], per_class: int, seed: int) -> Iterator[tuple[int, bytes]]:
     check_labels(labels)
     rng = np.random.default_rng(seed)
-    for n in range(per_class):
+    for _ in range(per_class):
         for index, label in enumerate(labels):
             yield index, render(label, rng)
 

@@ -323,7 +323,7 @@ class Checker:
             inputs = {t.name: t for t in target.config.input}
             outputs = {t.name: t for t in target.config.output}
             for kind, mapping, tensors in (("input", step.input_map, inputs), ("output", step.output_map, outputs)):
-                for key, value in mapping.items():
+                for key in mapping:
                     if key not in tensors:
                         self.add(ERROR, "map-key-unknown", model, f"{field}.{kind}_map[{key}]",
                                  f'an {kind} of "{target.name}": {sorted(tensors)}', f'"{key}"', line=model.line(rf'model_name:\s*"{re.escape(step.model_name)}"', rf'key:\s*"{re.escape(key)}"'))
