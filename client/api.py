@@ -256,6 +256,20 @@ def model_info(metadata) -> ModelInfo:
                      tensor_infos(metadata.inputs), tensor_infos(metadata.outputs))
 
 
+def tensor_names(metadata) -> tuple[str, str]:
+    """(input, output) names of a single-input, single-output model, from its metadata."""
+    info = model_info(metadata)
+    return info.inputs[0].name, info.outputs[0].name
+
+
+def report(on_result: Callable[[ImageResult], None] | None, results: list[ImageResult]) -> list[ImageResult]:
+    """Hand each result to `on_result` (progress bars) as it is known; returns them."""
+    if on_result:
+        for result in results:
+            on_result(result)
+    return results
+
+
 def index_entries(index) -> list[dict]:
     """The repository index as dicts (name, version, state, reason), from HTTP or gRPC."""
     entries = index if isinstance(index, list) else [
@@ -303,9 +317,16 @@ class _Base:
         """images_per_request, capped by the model's max_batch_size when the server tells it."""
         return min(self.images_per_request, max_batch_size) if max_batch_size else self.images_per_request
 
-    def _names_from(self, metadata) -> tuple[str, str]:
-        info = model_info(metadata)
-        return info.inputs[0].name, info.outputs[0].name
+    def _prepare(self, images: Iterable[ImageInput], top_k: int, on_result) -> list[PreparedImage | ImageResult]:
+        """Check the images; the refused ones are reported at once."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        prepared = prepare_all(images, self.limits)
+        report(on_result, [item for item in prepared if isinstance(item, ImageResult)])
+        return prepared
+
+    def _groups(self, prepared: list[PreparedImage | ImageResult], max_batch_size: int | None) -> list[list[PreparedImage]]:
+        return groups_of([p for p in prepared if isinstance(p, PreparedImage)], self._per_request(max_batch_size))
 
     def _error(self, exc: BaseException, source: str | None = None) -> ClientError:
         return to_client_error(exc, self.url, self.timeout, source)
@@ -365,7 +386,7 @@ class ImageClassifierClient(_Base):
 
     def tensor_names(self) -> tuple[str, str]:
         if self._names is None:
-            self._names = self._names_from(self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
+            self._names = tensor_names(self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
         return self._names
 
     def max_batch_size(self) -> int | None:
@@ -400,24 +421,11 @@ class ImageClassifierClient(_Base):
     def classify(self, images: Iterable[ImageInput], top_k: int = 5,
                  on_result: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
         """One result per image, in order; failures are results with `.error` (see `raise_for_error`)."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, not {top_k}")
-        prepared = prepare_all(images, self.limits)
-        for item in prepared:
-            if isinstance(item, ImageResult) and on_result:
-                on_result(item)
-
-        def run(group):
-            results = self._classify_group(group, top_k)
-            for result in results:
-                if on_result:
-                    on_result(result)
-            return results
-
-        per_request = self._per_request(self.max_batch_size()) if self.images_per_request > 1 else 1
-        groups = groups_of([p for p in prepared if isinstance(p, PreparedImage)], per_request)
+        prepared = self._prepare(images, top_k, on_result)
+        groups = self._groups(prepared, self.max_batch_size() if self.images_per_request > 1 else None)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            done = [result for results in pool.map(run, groups) for result in results]
+            runs = pool.map(lambda group: report(on_result, self._classify_group(group, top_k)), groups)
+            done = [result for results in runs for result in results]
         return merge(prepared, done)
 
     def classify_one(self, image: ImageInput, top_k: int = 5) -> ImageResult:
@@ -479,7 +487,7 @@ class AsyncImageClassifierClient(_Base):
 
     async def tensor_names(self) -> tuple[str, str]:
         if self._names is None:
-            self._names = self._names_from(await self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
+            self._names = tensor_names(await self._call(lambda c: c.get_model_metadata(self.model, headers=self.headers)))
         return self._names
 
     async def max_batch_size(self) -> int | None:
@@ -511,24 +519,14 @@ class AsyncImageClassifierClient(_Base):
 
     async def classify(self, images: Iterable[ImageInput], top_k: int = 5,
                        on_result: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, not {top_k}")
-        prepared = prepare_all(images, self.limits)
-        for item in prepared:
-            if isinstance(item, ImageResult) and on_result:
-                on_result(item)
+        prepared = self._prepare(images, top_k, on_result)
+        groups = self._groups(prepared, await self.max_batch_size() if self.images_per_request > 1 else None)
         in_flight = asyncio.Semaphore(self.concurrency)
 
         async def run(group):
             async with in_flight:
-                results = await self._classify_group(group, top_k)
-            for result in results:
-                if on_result:
-                    on_result(result)
-            return results
+                return report(on_result, await self._classify_group(group, top_k))
 
-        per_request = self._per_request(await self.max_batch_size()) if self.images_per_request > 1 else 1
-        groups = groups_of([p for p in prepared if isinstance(p, PreparedImage)], per_request)
         done = [result for results in await asyncio.gather(*(run(g) for g in groups)) for result in results]
         return merge(prepared, done)
 

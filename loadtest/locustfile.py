@@ -20,7 +20,7 @@ import grpc.experimental.gevent
 from locust import LoadTestShape, User, constant, events, tag, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from client.api import DEFAULT_MODEL, build_request, triton_module
+from client.api import DEFAULT_MODEL, build_request, tensor_names, triton_module
 from client.images import PreparedImage, prepare
 from loadtest import report
 from loadtest.shapes import SHAPES, users_at
@@ -95,10 +95,7 @@ class TritonUser(User):
         self.triton = triton_module(self.protocol, aio=False)
         self.url = options.triton_grpc if self.protocol == "grpc" else options.triton_http
         self.client = self.triton.InferenceServerClient(self.url)
-        metadata = self.client.get_model_metadata(options.model)
-        inputs, outputs = (metadata.inputs, metadata.outputs) if self.protocol == "grpc" else (metadata["inputs"], metadata["outputs"])
-        name = (lambda t: t.name) if self.protocol == "grpc" else (lambda t: t["name"])
-        self.names = (name(inputs[0]), name(outputs[0]))
+        self.names = tensor_names(self.client.get_model_metadata(options.model))
         # Users start at different places in the corpus, so concurrent requests carry different images.
         self.images = itertools.islice(itertools.cycle(CORPUS), random.randrange(len(CORPUS)), None)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts import demo
+from scripts import demo, preprocess
 from scripts.build import Builder, Layout
 from scripts.config import CONFIG_FILENAME, load_bundle, read_config, write_config
 from scripts.serve import LocalServer, free_ports, prepare_backends
@@ -72,16 +72,12 @@ def percentiles(latencies_ms: list[float]) -> tuple[float, float, float]:
 def in_process(model: str, layout: Layout, images: list[bytes], seconds: float) -> list[Row]:
     """The served computation without a server: DALI (CPU) + ONNX Runtime, batch by batch."""
     import onnxruntime as ort
-    from nvidia.dali import Pipeline
 
     spec = load_bundle(layout.repository)
     session = ort.InferenceSession(str(layout.onnx), providers=["CPUExecutionProvider"])
     rows = []
     for batch in (1, 8, spec.preprocess.max_batch_size):
-        pipeline = Pipeline.deserialize(serialized_pipeline=layout.dali_cpu.read_bytes(), batch_size=batch,
-                                        num_threads=spec.preprocess.num_threads, device_id=None,
-                                        exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
-        pipeline.build()
+        pipeline = preprocess.synchronous_pipeline(layout.dali_cpu.read_bytes(), spec.preprocess, batch)
         latencies, done, start = [], 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             chunk = [np.frombuffer(images[(done + i) % len(images)], np.uint8) for i in range(batch)]

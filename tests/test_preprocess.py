@@ -19,11 +19,7 @@ MAX_ABS_TOLERANCE = 0.5
 
 
 def run_dali(spec, images: list[bytes]) -> np.ndarray:
-    from nvidia.dali import Pipeline
-
-    pipeline = Pipeline.deserialize(serialized_pipeline=preprocess.serialize(spec, "cpu"), batch_size=spec.max_batch_size,
-                                    num_threads=1, device_id=None, exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
-    pipeline.build()
+    pipeline = preprocess.synchronous_pipeline(preprocess.serialize(spec, "cpu"), spec)
     pipeline.feed_input(spec.input_name, [np.frombuffer(b, np.uint8) for b in images])
     (out,) = pipeline.run()
     return out.as_array()
@@ -99,13 +95,8 @@ def test_gpu_flavor_decodes_with_nvjpeg(bundle):
 
 @pytest.mark.gpu
 def test_gpu_pipeline_matches_the_reference(bundle, images):
-    from nvidia.dali import Pipeline
-
     spec = bundle.preprocess
-    pipeline = Pipeline.deserialize(serialized_pipeline=preprocess.serialize(spec, "gpu"), device_id=0,
-                                    batch_size=spec.max_batch_size, num_threads=1, prefetch_queue_depth=1,
-                                    exec_pipelined=False, exec_async=False)
-    pipeline.build()
+    pipeline = preprocess.synchronous_pipeline(preprocess.serialize(spec, "gpu"), spec, device_id=0)
     pipeline.feed_input(spec.input_name, [np.frombuffer(b, np.uint8) for b in images])
     (out,) = pipeline.run()
     reference = np.stack([preprocess.reference(b, spec) for b in images])
