@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 REPO ?= model_repository
 
-.PHONY: help install build serve validate loadtest loadtest-ceiling bench test test-gpu verify compose-config clean
+.PHONY: help install build serve validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,7 +40,11 @@ loadtest-ceiling: build  ## how many req/s one Locust worker drives vs a plain t
 bench: build  ## serving cost side by side: in-process vs served, batching on/off, two models, build time (build/bench/)
 	$(PY) -m scripts.bench
 
-test: install  ## unit and integration tests (GPU tests are skipped)
+lint: install  ## ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade) and the import layering contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+
+test: lint  ## the linters, then unit and integration tests (GPU tests are skipped)
 	$(PY) -m pytest
 
 test-gpu:  ## on the GPU box: the GPU tests, in the builder container (TensorRT + DALI of the server's release)

@@ -2,7 +2,7 @@
 
     from client import ImageClassifierClient
 
-    with ImageClassifierClient("localhost:8001") as classifier:
+    with ImageClassifierClient("127.0.0.1:8001") as classifier:
         for result in classifier.classify(["cat.jpg", "dog.png"], top_k=3):
             if result.ok:
                 print(result.source, result.top.label, result.top.score)
@@ -13,7 +13,6 @@
 """
 
 from client.api import (
-    DEFAULT_MODEL,
     AsyncImageClassifierClient,
     Health,
     ImageClassifierClient,
@@ -24,6 +23,7 @@ from client.api import (
     TensorInfo,
     Tls,
 )
+from client.defaults import DEFAULT_MODEL
 from client.errors import ClientError, InferenceError, InvalidImage, ModelNotReady, ServerUnavailable
 from client.images import Limits
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 
-from client.api import DEFAULT_MODEL, PROTOCOLS, ImageClassifierClient, ImageResult, Tls
+from client import defaults
+from client.api import ImageClassifierClient, ImageResult, Tls
+from client.defaults import DEFAULT_MODEL, PROTOCOLS
 from client.errors import ClientError, ServerUnavailable
+from client.image_formats import SUPPORTED_TEXT
 from client.images import Limits
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -26,13 +28,15 @@ PROGRESS_FROM = 20  # files; fewer finish before a progress bar would help
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="server address (default: localhost:8001 for grpc, localhost:8000 for http)")
+    common.add_argument("--url", help=f"server host:port (default: ${defaults.ADDRESS_ENV} or {defaults.DEFAULT_ADDRESS}, port "
+                                        f"${defaults.PORT_ENV['grpc']} or {defaults.DEFAULT_PORTS['grpc']} for grpc, "
+                                        f"${defaults.PORT_ENV['http']} or {defaults.DEFAULT_PORTS['http']} for http)")
     common.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default: %(default)s")
     common.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
     common.add_argument("--timeout", type=float, default=30.0, help="seconds per call, retries included (default: %(default)s)")
     common.add_argument("--retries", type=int, default=3, help="retries of transient failures (default: %(default)s)")
-    common.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"),
-                        help="key for the server's admin APIs (default: $TRITON_ADMIN_KEY)")
+    common.add_argument("--admin-key", default=defaults.admin_key(),
+                        help=f"key for the server's admin APIs (default: ${defaults.ADMIN_KEY_ENV})")
     common.add_argument("--tls", action="store_true", help="connect with TLS")
     common.add_argument("--ca-certs", help="CA bundle to verify the server (implies --tls)")
     common.add_argument("--client-cert", help="client certificate for mutual TLS (implies --tls)")
@@ -44,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     classify = commands.add_parser("classify", parents=[common], help="classify image files")
-    classify.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, TIFF, WebP, JPEG 2000)")
+    classify.add_argument("images", nargs="+", help=f"image files ({SUPPORTED_TEXT})")
     classify.add_argument("--top-k", type=int, default=3, help="labels per image (default: %(default)s)")
     classify.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
     classify.add_argument("--images-per-request", type=int, default=1,
@@ -115,7 +119,8 @@ def _health(args, classifier: ImageClassifierClient) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(health)))
     else:
-        print(f"server {classifier.url}: live={health.live} ready={health.ready}; model {classifier.model}: ready={health.model_ready}")
+        print(f"server {classifier.url}: live={health.live} ready={health.ready}; "
+              f"model {classifier.model}: ready={health.model_ready}")
     return EXIT_OK if health.live and health.ready and health.model_ready else EXIT_SOME_FAILED
 
 
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _client(args) as classifier:
             return {"classify": _classify, "health": _health, "models": _models}[args.command](args, classifier)
-    except ClientError as exc:
+    except (ClientError, ValueError) as exc:  # ValueError: a malformed port in the environment
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

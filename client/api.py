@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from client import defaults
+from client.defaults import DEFAULT_MODEL, PROTOCOLS
 from client.errors import ClientError, InferenceError, InvalidImage, ModelNotReady, ServerUnavailable
 from client.images import ImageInput, Limits, PreparedImage, prepare
 
-DEFAULT_MODEL = "image_classifier"
-# The header Triton's restricted APIs check (`--http-restricted-api=...:admin-key=...`); over gRPC
-# Triton expects it with the prefix "triton-grpc-protocol-".
-ADMIN_HEADER = "admin-key"
-PROTOCOLS = ("grpc", "http")
 TRANSIENT_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "503", "429"}
 NOT_READY_STATUSES = {"StatusCode.NOT_FOUND", "404"}
 INVALID_STATUSES = {"StatusCode.INVALID_ARGUMENT", "400"}
@@ -58,7 +54,7 @@ class ImageResult:
         self.raise_for_error()
         return self.predictions[0]
 
-    def raise_for_error(self) -> "ImageResult":
+    def raise_for_error(self) -> ImageResult:
         if self.error is not None:
             raise self.error
         return self
@@ -116,15 +112,6 @@ def triton_module(protocol: str, aio: bool):
     return aio_module if aio else sync_module
 
 
-def admin_header(protocol: str) -> str:
-    return ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
-
-
-def default_url(protocol: str) -> str:
-    env, port = ("TRITON_GRPC_PORT", "8001") if protocol == "grpc" else ("TRITON_HTTP_PORT", "8000")
-    return f"localhost:{os.environ.get(env, port)}"
-
-
 @dataclasses.dataclass(frozen=True)
 class Tls:
     """TLS to the server: `ca_certs` to trust, a client certificate for mutual TLS, or `insecure`."""
@@ -180,7 +167,7 @@ def build_request(module, names: tuple[str, str], images: Sequence[PreparedImage
     """One request for `images`: rows of encoded bytes, zero-padded to the longest (top_k 0: raw output)."""
     input_name, output_name = names
     batch = np.zeros((len(images), max(len(i.data) for i in images)), dtype=np.uint8)
-    for row, image in zip(batch, images):
+    for row, image in zip(batch, images, strict=True):
         row[: len(image.data)] = np.frombuffer(image.data, dtype=np.uint8)
     tensor = module.InferInput(input_name, list(batch.shape), "UINT8")
     tensor.set_data_from_numpy(batch)
@@ -189,7 +176,7 @@ def build_request(module, names: tuple[str, str], images: Sequence[PreparedImage
 
 def parse_response(result, output_name: str, images: Sequence[PreparedImage]) -> list[ImageResult]:
     rows = result.as_numpy(output_name).reshape(len(images), -1)
-    return [ImageResult(image.source, tuple(parse_prediction(e) for e in row)) for image, row in zip(images, rows)]
+    return [ImageResult(image.source, tuple(parse_prediction(e) for e in row)) for image, row in zip(images, rows, strict=True)]
 
 
 def to_client_error(exc: BaseException, url: str, timeout: float, source: str | None = None) -> ClientError:
@@ -286,13 +273,13 @@ class _Base:
             raise ValueError("images_per_request and concurrency must be >= 1, timeout > 0")
         self.protocol = protocol
         self._triton = triton_module(protocol, aio)
-        self.url = url or default_url(protocol)
+        self.url = url or defaults.url(protocol)
         self.model = model
         self.timeout = timeout
         self.retry = RetryPolicy(retries=retries)
         self.headers = dict(headers or {})
         if admin_key:
-            self.headers[admin_header(protocol)] = admin_key
+            self.headers[defaults.admin_header(protocol)] = admin_key
         self.tls = tls
         self.limits = limits
         self.images_per_request = images_per_request
@@ -393,7 +380,8 @@ class ImageClassifierClient(_Base):
         """The model's max_batch_size, or None when the server does not tell (its config API is an admin API)."""
         if not self._max_batch:
             try:
-                self._max_batch.append(self._max_batch_from(self._call(lambda c: c.get_model_config(self.model, headers=self.headers))))
+                config = self._call(lambda c: c.get_model_config(self.model, headers=self.headers))
+                self._max_batch.append(self._max_batch_from(config))
             except InferenceError:
                 self._max_batch.append(None)
         return self._max_batch[0]
@@ -438,7 +426,7 @@ class ImageClassifierClient(_Base):
                 client.close()
             self._clients.clear()
 
-    def __enter__(self) -> "ImageClassifierClient":
+    def __enter__(self) -> ImageClassifierClient:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -493,7 +481,8 @@ class AsyncImageClassifierClient(_Base):
     async def max_batch_size(self) -> int | None:
         if not self._max_batch:
             try:
-                self._max_batch.append(self._max_batch_from(await self._call(lambda c: c.get_model_config(self.model, headers=self.headers))))
+                config = await self._call(lambda c: c.get_model_config(self.model, headers=self.headers))
+                self._max_batch.append(self._max_batch_from(config))
             except InferenceError:
                 self._max_batch.append(None)
         return self._max_batch[0]
@@ -538,7 +527,7 @@ class AsyncImageClassifierClient(_Base):
             await self._client.close()
             self._client = None
 
-    async def __aenter__(self) -> "AsyncImageClassifierClient":
+    async def __aenter__(self) -> AsyncImageClassifierClient:
         return self
 
     async def __aexit__(self, *exc_info) -> None:

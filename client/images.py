@@ -11,26 +11,12 @@ import dataclasses
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 from client.errors import InvalidImage
+from client.image_formats import SUPPORTED_TEXT, UNSUPPORTED, image_format
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
-
-# Leading bytes of the formats the server's DALI decoder takes, and of GIF, which it does not.
-SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-)
-UNSUPPORTED = {"GIF": "GIF is not supported by the server's decoder: convert it to PNG or JPEG"}
-
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -49,15 +35,6 @@ class PreparedImage:
     height: int
 
 
-def image_format(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    for magic, name in SIGNATURES:
-        if data.startswith(magic):
-            return name
-    return None
-
-
 def read(image: ImageInput, index: int) -> tuple[str, bytes]:
     """(a name for messages, the bytes) of a path, a bytes-like object or a binary file object."""
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -65,7 +42,8 @@ def read(image: ImageInput, index: int) -> tuple[str, bytes]:
     if hasattr(image, "read"):
         data = image.read()
         if not isinstance(data, bytes):
-            raise InvalidImage("the file object returned text: open it in binary mode ('rb')", getattr(image, "name", f"<file #{index}>"))
+            name = getattr(image, "name", f"<file #{index}>")
+            raise InvalidImage("the file object returned text: open it in binary mode ('rb')", name)
         return str(getattr(image, "name", f"<file #{index}>")), data
     path = Path(image)
     try:
@@ -87,10 +65,9 @@ def prepare(image: ImageInput, index: int = 0, limits: Limits = Limits()) -> Pre
         raise InvalidImage(f"{len(data)} bytes is over the limit of {limits.max_bytes} bytes", source)
     kind = image_format(data)
     if kind is None:
-        raise InvalidImage(f"not a supported image format (first bytes: {data[:8].hex(' ')}); "
-                           "send JPEG, PNG, BMP, TIFF, WebP or JPEG 2000", source)
+        raise InvalidImage(f"not a supported image format (first bytes: {data[:8].hex(' ')}); send {SUPPORTED_TEXT}", source)
     if kind in UNSUPPORTED:
-        raise InvalidImage(UNSUPPORTED[kind], source)
+        raise InvalidImage(f"{kind} is not supported by the server's decoder: convert it to PNG or JPEG", source)
     width, height = _size(data, kind, source)
     if width * height > limits.max_pixels:
         raise InvalidImage(f"{width}x{height} = {width * height} pixels is over the limit of {limits.max_pixels}", source)

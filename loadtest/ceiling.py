@@ -19,12 +19,13 @@ import tempfile
 from pathlib import Path
 
 from client.images import prepare
-from scripts.bench import closed_loop
-from scripts.build import Layout
-from scripts.serve import LocalServer, free_ports, prepare_backends
+from loadtest.loop import closed_loop
+from scripts.config import load_bundle
+from scripts.layout import PROJECT, Layout
+from scripts.serve import LocalServer, local_server
 
-PROJECT = Path(__file__).resolve().parent.parent
-IDENTITY = PROJECT / "loadtest" / "identity"
+HERE = Path(__file__).resolve().parent
+IDENTITY = HERE / "identity"
 NAMES = ("IMAGE", "ECHO")
 
 
@@ -36,7 +37,7 @@ def plain_loop(protocol: str, url: str, image, seconds: float, threads: int) -> 
 def locust_run(user: str, server: LocalServer, images_dir: Path, seconds: float, users: int, workdir: Path) -> dict:
     """One Locust process (one worker), headless, against the identity model; returns its summary."""
     summary = workdir / f"{user}_summary.json"
-    command = [sys.executable, "-m", "locust", "-f", str(PROJECT / "loadtest" / "locustfile.py"), "--headless", "--only-summary",
+    command = [sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless", "--only-summary",
                "-u", str(users), "-r", str(users), "--run-time", f"{seconds:g}s", "--model", "identity", "--top-k", "0",
                "--images-dir", str(images_dir), "--triton-grpc", server.grpc_url, "--triton-http", server.http_url,
                "--metrics-url", "", "--summary-file", str(summary), user]
@@ -45,12 +46,10 @@ def locust_run(user: str, server: LocalServer, images_dir: Path, seconds: float,
 
 
 def measure(seconds: float, users: int, image_path: Path) -> list[dict]:
-    layout = Layout(PROJECT / "model_repository", PROJECT / "build")
-    http, grpc, metrics = free_ports(3)
     image = prepare(image_path)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch, LocalServer(
-            IDENTITY, prepare_backends(layout.backends), http, grpc, metrics, log_path=Path(scratch) / "server.log") as server:
+    with tempfile.TemporaryDirectory() as scratch, \
+            local_server(Layout(), IDENTITY, log_path=Path(scratch) / "server.log") as server:
         images_dir = Path(scratch) / "images"
         images_dir.mkdir()
         (images_dir / image_path.name).write_bytes(image.data)
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
     parser.add_argument("--users", type=int, default=8, help="Locust users and loop threads (default: %(default)s)")
-    parser.add_argument("--image", type=Path, default=PROJECT / "model_repository" / "preprocess" / "warmup" / "sample.jpg",
+    parser.add_argument("--image", type=Path, default=load_bundle(Layout().repository).warmup_images[0],
                         help="the payload (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
@@ -81,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     n = args.users
-    print(f"| protocol | plain loop, 1 thread | plain loop, {n} threads | Locust, 1 worker, {n} users | Locust / loop | Locust p50 | Locust CPU (of a core) |")
+    print(f"| protocol | plain loop, 1 thread | plain loop, {n} threads | Locust, 1 worker, {n} users | Locust / loop "
+          "| Locust p50 | Locust CPU (of a core) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['protocol']} | {row['loop_1_thread_rps']:.0f} req/s | {row[f'loop_{n}_threads_rps']:.0f} req/s | "

@@ -13,25 +13,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.build import Layout
-from scripts.serve import LocalServer, ports_from_env, prepare_backends
+from scripts.layout import PROJECT, Layout
+from scripts.serve import Endpoint, ServerError, local_server
 
-PROJECT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str]) -> int:
-    ports = ports_from_env()
-    layout = Layout(PROJECT / "model_repository", PROJECT / "build")
-    server = LocalServer(layout.flavor("local"), layout.backends, ports["http"], ports["grpc"], ports["metrics"],
-                         log_path=layout.build_dir / "logs" / "loadtest-server.log")
+    layout = Layout()
+    try:
+        server = local_server(layout, endpoint=Endpoint.from_env(), log_path=layout.logs / "loadtest-server.log")
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         if server.is_ready():
             print(f"using the server already running at {server.http_url}", flush=True)
         else:
             print(f"starting the local server on {server.grpc_url} for this run ...", flush=True)
-            prepare_backends(layout.backends)
             stack.enter_context(server)
-        command = [sys.executable, "-m", "locust", "--config", str(PROJECT / "loadtest" / "locust.conf"),
+        command = [sys.executable, "-m", "locust", "--config", str(HERE / "locust.conf"),
                    "--run-time", "20s", "--triton-grpc", server.grpc_url, "--triton-http", server.http_url,
                    "--metrics-url", server.metrics_url, *argv]
         return subprocess.run(command, cwd=PROJECT).returncode

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -20,16 +19,18 @@ import grpc.experimental.gevent
 from locust import LoadTestShape, User, constant, events, tag, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from client.api import DEFAULT_MODEL, build_request, tensor_names, triton_module
+from client import defaults
+from client.api import build_request, tensor_names, triton_module
+from client.defaults import DEFAULT_MODEL
+from client.image_formats import SUFFIXES as IMAGE_SUFFIXES
 from client.images import PreparedImage, prepare
 from loadtest import report
 from loadtest.shapes import SHAPES, users_at
+from scripts.layout import Layout
 
 # gRPC's C core must yield to gevent, or one user blocks the whole process (after Locust's monkey patching).
 grpc.experimental.gevent.init_gevent()
 
-PROJECT = Path(__file__).resolve().parent.parent
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 CORPUS: list[PreparedImage] = []
 RUN: dict = {}  # what the master (or the local runner) collects over the run
 
@@ -55,19 +56,21 @@ def add_options(parser):
     group.add_argument("--model", default=DEFAULT_MODEL, help="model to load (default: %(default)s)")
     group.add_argument("--top-k", type=int, default=1, help="labels asked per image; 0: the raw output (default: %(default)s)")
     group.add_argument("--images-per-request", type=int, default=1, help="images packed in one request (default: %(default)s)")
-    group.add_argument("--images-dir", default=str(PROJECT / "build" / "demo" / "heldout"),
+    group.add_argument("--images-dir", default=str(Layout().heldout),
                        help="folder of images to send, searched recursively (default: the demo's held-out images)")
-    group.add_argument("--triton-grpc", default=f"127.0.0.1:{os.environ.get('TRITON_GRPC_PORT', '8001')}", help="gRPC address")
-    group.add_argument("--triton-http", default=f"127.0.0.1:{os.environ.get('TRITON_HTTP_PORT', '8000')}", help="HTTP address")
-    group.add_argument("--metrics-url", default=f"http://127.0.0.1:{os.environ.get('TRITON_METRICS_PORT', '8002')}/metrics",
-                       help="Triton's Prometheus endpoint, scraped at the start and the end (empty: skip)")
+    group.add_argument("--triton-grpc", default=defaults.url("grpc"), help="gRPC address (default: %(default)s)")
+    group.add_argument("--triton-http", default=defaults.url("http"), help="HTTP address (default: %(default)s)")
+    group.add_argument("--metrics-url", default=defaults.metrics_url(),
+                       help="Triton's Prometheus endpoint, scraped at the start and the end (empty: skip; default: %(default)s)")
     group.add_argument("--load-shape", choices=SHAPES, default="steady", help="steady, step or spike (default: %(default)s)")
     group.add_argument("--step-users", type=int, default=2, help="step shape: users added per step (default: %(default)s)")
     group.add_argument("--step-seconds", type=float, default=10.0, help="step shape: seconds per step (default: %(default)s)")
-    group.add_argument("--spike-seconds", type=float, default=10.0, help="spike shape: length of the spike (default: %(default)s)")
+    group.add_argument("--spike-seconds", type=float, default=10.0,
+                       help="spike shape: length of the spike (default: %(default)s)")
     group.add_argument("--slo-p95-ms", type=float, default=None, help="fail the run when p95 latency exceeds this")
     group.add_argument("--slo-p99-ms", type=float, default=None, help="fail the run when p99 latency exceeds this")
-    group.add_argument("--slo-error-rate", type=float, default=None, help="fail the run when failures/requests exceed this (0..1)")
+    group.add_argument("--slo-error-rate", type=float, default=None,
+                       help="fail the run when failures/requests exceed this (0..1)")
     group.add_argument("--summary-file", default="", help="write the summary as JSON here (default: <--csv prefix>_summary.json)")
 
 
@@ -114,8 +117,9 @@ class TritonUser(User):
         except Exception as exc:  # reported to Locust as a failure, never raised
             error = exc
         self.environment.events.request.fire(
-            request_type=self.protocol, name=f"{options.model} x{len(batch)}", response_time=(time.perf_counter() - started) * 1000,
-            response_length=length, exception=error, context={"images": len(batch)})
+            request_type=self.protocol, name=f"{options.model} x{len(batch)}",
+            response_time=(time.perf_counter() - started) * 1000, response_length=length, exception=error,
+            context={"images": len(batch)})
 
 
 class GrpcUser(TritonUser):
@@ -181,7 +185,8 @@ def on_quitting(environment, **kwargs):
     passed, verdict = slo.verdict(p95, p99, error_rate, total.num_requests)
     cpu_percent = RUN.get("cpu_percent", 0.0)
     # Distributed: the master sends nothing; it knows whether a worker reported a CPU above Locust's warning level.
-    saturated = cpu_percent >= report.SATURATED_CPU_PERCENT or bool(getattr(environment.runner, "worker_cpu_warning_emitted", False))
+    worker_saturated = bool(getattr(environment.runner, "worker_cpu_warning_emitted", False))
+    saturated = cpu_percent >= report.SATURATED_CPU_PERCENT or worker_saturated
     summary = {
         "client": {"requests": total.num_requests, "failures": total.num_failures, "rps": total.total_rps,
                    "p50_ms": total.get_response_time_percentile(0.5) or 0.0, "p95_ms": p95, "p99_ms": p99,

@@ -93,7 +93,8 @@ def format_summary(summary: dict) -> str:
              f"{client['rps']:.1f} req/s, p50 {client['p50_ms']:.1f} ms, p95 {client['p95_ms']:.1f} ms, "
              f"p99 {client['p99_ms']:.1f} ms, CPU {client['cpu_percent']:.0f}% of a core"]
     if summary.get("server"):
-        lines.append(f"{'server (Triton metrics)':<24} {'requests':>9} {'failures':>9} {'batch':>6} {'queue ms':>9} {'compute ms':>11}")
+        lines.append(f"{'server (Triton metrics)':<24} {'requests':>9} {'failures':>9} {'batch':>6} {'queue ms':>9} "
+                     f"{'compute ms':>11}")
         for model, row in sorted(summary["server"].items()):
             lines.append(f"  {model:<22} {row['requests']:>9} {row['failures']:>9} {row['mean_batch']:>6.2f} "
                          f"{row['queue_ms']:>9.2f} {row['compute_ms']:>11.2f}")

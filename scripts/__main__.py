@@ -13,18 +13,44 @@ import signal
 import sys
 from pathlib import Path
 
-from scripts import repository
+from client import defaults
 from scripts.config import ConfigError
+from scripts.constants import (
+    CPU,
+    DALI_PIPELINE,
+    DALI_VERSION_ENV,
+    DEFAULT_PRECISION,
+    DEMO_MODEL,
+    FLAVORS,
+    GENERATED_FLAVORS,
+    GPU,
+    PRECISION_ENV,
+    PRECISIONS,
+    SERVED_FLAVOR,
+    TENSORRT_PLAN,
+)
+from scripts.layout import Layout
 
-PROJECT = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT = Layout()
 
 
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repository", type=Path, default=PROJECT / "model_repository",
+    parser.add_argument("--repository", type=Path, default=DEFAULT.repository,
                         help="the committed model repository (source of truth; default: %(default)s)")
-    parser.add_argument("--build-dir", type=Path, default=PROJECT / "build",
+    parser.add_argument("--build-dir", type=Path, default=DEFAULT.build_dir,
                         help="where artifacts and generated flavors go (default: %(default)s)")
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    return Layout(args.repository, args.build_dir)
+
+
+def _stages_help() -> str:
+    from scripts.build import STAGES
+
+    return "Stages, each skipped when its inputs did not change:\n" + "\n".join(
+        f"  {number}. {stage.name:<9} {stage.does}" for number, stage in enumerate(STAGES, start=1))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,23 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build artifacts and the cpu/local repositories",
-                                description="Build the artifacts and the generated repositories. "
-                                            "Stages whose inputs did not change are skipped.")
+                                description="Build the artifacts and the generated repositories.\n\n" + _stages_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_layout_options(build)
-    build.add_argument("--model", default="demo",
-                       help="'demo' (default: train the built-in demo model), or a model file: "
+    build.add_argument("--model", default=DEMO_MODEL,
+                       help=f"'{DEMO_MODEL}' (default: train the built-in demo model), or a model file: "
                             "ONNX (.onnx), TorchScript, or a pickled torch.nn.Module (torch.save(model))")
-    build.add_argument("--flavor", choices=[*repository.FLAVORS, "all"], default="all",
+    build.add_argument("--flavor", choices=[*GENERATED_FLAVORS, "all"], default="all",
                        help="which repositories to generate (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild every stage")
     build.add_argument("--json", action="store_true", help="print a JSON summary on stdout (progress goes to stderr)")
 
+    ports = "/".join(str(p) for p in defaults.DEFAULT_PORTS.values())
     serve = commands.add_parser("serve", help="run tritonserver on the local repository until Ctrl-C",
                                 description="Serve the local flavor with the tritonserver from nvidia-pytriton. "
-                                            "Ports: TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT "
-                                            "(default 8000/8001/8002). Bind address: TRITON_ADDRESS "
-                                            "(default 127.0.0.1). Admin APIs need the header admin-key: "
-                                            "$TRITON_ADMIN_KEY (random when unset).")
+                                            f"Ports: {', '.join(defaults.PORT_ENV.values())} (default {ports}). "
+                                            f"Bind address: {defaults.ADDRESS_ENV} (default {defaults.DEFAULT_ADDRESS}). "
+                                            f"Admin APIs need the header {defaults.ADMIN_HEADER}: "
+                                            f"${defaults.ADMIN_KEY_ENV} (random when unset).")
     _add_layout_options(serve)
     serve.add_argument("--flavor-repository", type=Path, default=None,
                        help="the repository to serve (default: <build-dir>/repos/local)")
@@ -58,10 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a model repository's configs and artifacts",
                                    description="Check a model repository for the mistakes Triton would only report at load "
                                                "time. Exit codes: 0 clean, 1 errors (or warnings with --strict), 2 usage.")
-    validate.add_argument("repository", nargs="?", type=Path, default=PROJECT / "model_repository",
+    validate.add_argument("repository", nargs="?", type=Path, default=DEFAULT.repository,
                           help="the repository to check (default: %(default)s); also works on build/repos/<flavor>")
-    validate.add_argument("--flavor", choices=("gpu", "cpu", "local"),
-                          help="the flavor the repository is for (default: what generated configs declare, else gpu)")
+    validate.add_argument("--flavor", choices=FLAVORS,
+                          help=f"the flavor the repository is for (default: what generated configs declare, else {GPU})")
     validate.add_argument("--strict", action="store_true", help="warnings fail too")
     validate.add_argument("--require-artifacts", action="store_true",
                           help="a missing model.plan/model.onnx/model.dali/model.py is an error (use right before serving)")
@@ -74,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                                              "accuracy gate against ONNX Runtime, and metadata beside the plan. Skipped "
                                              "when the metadata matches. Needs TensorRT and a GPU (the compose builder).")
     _add_layout_options(engine)
-    engine.add_argument("--precision", choices=("fp32", "fp16"), default=os.environ.get("TRT_PRECISION", "fp16"),
-                        help="default: $TRT_PRECISION or fp16")
+    engine.add_argument("--precision", choices=PRECISIONS, default=os.environ.get(PRECISION_ENV) or DEFAULT_PRECISION,
+                        help=f"default: ${PRECISION_ENV} or {DEFAULT_PRECISION}")
     engine.add_argument("--timing-cache-dir", type=Path, default=None,
                         help="default: <build-dir>/trt (one cache file per TensorRT version and GPU architecture)")
     engine.add_argument("--force", action="store_true", help="rebuild even when the metadata matches")
@@ -87,32 +114,33 @@ def _parser() -> argparse.ArgumentParser:
                                            "For the gpu flavor (nvJPEG `mixed` decode) this needs a GPU, and must run "
                                            "with the DALI version of the server (the compose builder).")
     _add_layout_options(dali)
-    dali.add_argument("--flavor", choices=("gpu", "cpu"), default="gpu", help="default: %(default)s")
+    dali.add_argument("--flavor", choices=(GPU, CPU), default=GPU, help="default: %(default)s")
 
     diff = commands.add_parser("diff", help="compare committed configs with what a running server reports",
                                description="Show, for each model of the repository, the configured fields whose live value "
                                            "(GET /v2/models/<name>/config) differs. Exit codes: 0 same, 1 differences, 2 usage "
                                            "or connection error. The config API is an admin API: pass the key.")
-    diff.add_argument("repository", nargs="?", type=Path, default=PROJECT / "build" / "repos" / "local",
+    diff.add_argument("repository", nargs="?", type=Path, default=DEFAULT.flavor(SERVED_FLAVOR),
                       help="the repository the server was started on (default: %(default)s)")
-    diff.add_argument("--url", default=f"127.0.0.1:{os.environ.get('TRITON_HTTP_PORT', '8000')}", help="server HTTP address")
-    diff.add_argument("--admin-key", default=os.environ.get("TRITON_ADMIN_KEY"), help="default: $TRITON_ADMIN_KEY")
+    diff.add_argument("--url", default=None,
+                      help=f"server HTTP address (default: the one `make serve` uses, {defaults.url('http')})")
+    diff.add_argument("--admin-key", default=defaults.admin_key(), help=f"default: ${defaults.ADMIN_KEY_ENV}")
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
     return parser
 
 
 def _engine(args: argparse.Namespace) -> int:
     from scripts import engine
-    from scripts.build import Builder, Layout
+    from scripts.build import Builder
 
     try:
-        builder = Builder(Layout(args.repository, args.build_dir), progress=lambda m: None)
+        builder = Builder(_layout(args), progress=lambda m: None)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     spec = builder.bundle.classifier
-    plan = args.repository / spec.model_name / "1" / "model.plan"
-    cache_dir = args.timing_cache_dir or args.build_dir / "trt"
+    plan = builder.bundle.artifact(spec.model_name, TENSORRT_PLAN)
+    cache_dir = args.timing_cache_dir or builder.layout.trt_cache
     if args.print_trtexec:
         print(" ".join(engine.trtexec_command(builder.layout.onnx, plan, spec, args.precision, cache_dir / "timing.cache")))
         return EXIT_OK
@@ -121,8 +149,9 @@ def _engine(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress_stream = sys.stderr if args.json else sys.stdout
     try:
-        metadata = engine.build(builder.layout.onnx, plan, spec, args.precision, cache_dir, builder.verification_inputs(limit=None),
-                                force=args.force, progress=lambda m: print(m, file=progress_stream, flush=True))
+        metadata = engine.build(builder.layout.onnx, plan, spec, args.precision, cache_dir,
+                                builder.verification_inputs(limit=None), force=args.force,
+                                progress=lambda m: print(m, file=progress_stream, flush=True))
     except engine.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -135,17 +164,18 @@ def _serialize_dali(args: argparse.Namespace) -> int:
     import nvidia.dali
 
     from scripts import preprocess
-    from scripts.config import load_bundle
+    from scripts.validate import checked_bundle
 
     try:
-        spec = load_bundle(args.repository).preprocess
+        bundle = checked_bundle(args.repository)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    target = args.repository / spec.model_name / "1" / "model.dali"
-    wanted = os.environ.get("DALI_VERSION")  # set in the compose builder: the server's DALI
+    spec = bundle.preprocess
+    target = bundle.artifact(spec.model_name, DALI_PIPELINE)
+    wanted = os.environ.get(DALI_VERSION_ENV)  # set in the compose builder: the server's DALI
     if wanted and wanted != nvidia.dali.__version__:
-        print(f"error: this DALI is {nvidia.dali.__version__} but the server's is {wanted} (DALI_VERSION): "
+        print(f"error: this DALI is {nvidia.dali.__version__} but the server's is {wanted} ({DALI_VERSION_ENV}): "
               "the server could not load the pipeline", file=sys.stderr)
         return EXIT_FAILED
     try:
@@ -175,12 +205,15 @@ def _validate(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from tritonclient.utils import InferenceServerException
 
-    from scripts.serve import ADMIN_HEADER
     from scripts.validate import diff_live
 
-    headers = {ADMIN_HEADER: args.admin_key} if args.admin_key else None
+    headers = {defaults.admin_header("http"): args.admin_key} if args.admin_key else None
     try:
+        args.url = args.url or defaults.url("http")
         differences = diff_live(args.repository, args.url, headers)
+    except ValueError as exc:  # a malformed port in the environment
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except PermissionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -197,14 +230,14 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from scripts.build import BuildError, Builder, Layout
-    from scripts.intake import IntakeError
+    from scripts.build import Builder, BuildError
     from scripts.export import ExportError
+    from scripts.intake import IntakeError
 
     progress_stream = sys.stderr if args.json else sys.stdout
-    flavors = repository.FLAVORS if args.flavor == "all" else (args.flavor,)
+    flavors = GENERATED_FLAVORS if args.flavor == "all" else (args.flavor,)
     try:
-        builder = Builder(Layout(args.repository, args.build_dir), model=args.model, force=args.force,
+        builder = Builder(_layout(args), model=args.model, force=args.force,
                           progress=lambda message: print(message, file=progress_stream, flush=True))
         results = builder.run(flavors)
     except (ExportError, BuildError) as exc:
@@ -236,34 +269,26 @@ def _shell_path(path: Path) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from scripts.config import load_bundle
-    from scripts.serve import LocalServer, ServerError, ports_from_env, prepare_backends
+    from scripts.serve import Endpoint, ServerError, local_server
+    from scripts.validate import checked_bundle, validate
 
-    repo = args.flavor_repository or args.build_dir / "repos" / "local"
+    layout = _layout(args)
+    repo = args.flavor_repository or layout.flavor(SERVED_FLAVOR)
     try:
-        bundle = load_bundle(args.repository)
+        bundle = checked_bundle(layout.repository)
         ensemble = bundle.ensemble.name
-        ports = ports_from_env()
-        server = LocalServer(
-            repository=repo,
-            backends=prepare_backends(args.build_dir / "backends"),
-            http_port=ports["http"], grpc_port=ports["grpc"], metrics_port=ports["metrics"],
-            address=os.environ.get("TRITON_ADDRESS", "127.0.0.1"),
-            log_path=args.log_file or args.build_dir / "logs" / "tritonserver.log",
-        )
+        server = local_server(layout, repo, Endpoint.from_env(), log_path=args.log_file or layout.logs / "tritonserver.log")
     except (ConfigError, ServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not (repo / ensemble).is_dir():
         print(f"error: {repo} has no model {ensemble!r}: run `make build` first", file=sys.stderr)
         return EXIT_USAGE
-    from scripts.validate import validate
-
     report = validate(repo, require_artifacts=True)
     if not report.ok():
         print("\n".join(str(f) for f in report.errors) + f"\nerror: {report.summary()}", file=sys.stderr)
         return EXIT_USAGE
-    sample = next((args.repository / bundle.preprocess.model_name / "warmup").glob("*.*"), args.repository)
+    sample = next(iter(bundle.warmup_images), layout.repository)
     print(f"starting tritonserver on {repo} (log: {server.log_path}) ...", flush=True)
     # Explicit handlers: a shell may start us with SIGINT ignored, and service managers send SIGTERM.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

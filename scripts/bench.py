@@ -19,19 +19,20 @@ import io
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from scripts import demo, preprocess
-from scripts.build import Builder, Layout
-from scripts.config import CONFIG_FILENAME, load_bundle, read_config, write_config
-from scripts.serve import LocalServer, free_ports, prepare_backends
+from loadtest.loop import closed_loop
+from scripts import demo, export
+from scripts.build import Builder
+from scripts.config import load_bundle, read_config, write_config
+from scripts.constants import CONFIG_FILENAME, DEMO_MODEL, LOCAL
+from scripts.dali_runner import synchronous_pipeline
+from scripts.layout import Layout
+from scripts.serve import LocalServer, local_server
 
-PROJECT = Path(__file__).resolve().parent.parent
-RESULTS = PROJECT / "build" / "bench"
 IMAGE_SIZE = (640, 480)
 RESNET_LABELS = 1000
 
@@ -77,7 +78,7 @@ def in_process(model: str, layout: Layout, images: list[bytes], seconds: float) 
     session = ort.InferenceSession(str(layout.onnx), providers=["CPUExecutionProvider"])
     rows = []
     for batch in (1, 8, spec.preprocess.max_batch_size):
-        pipeline = preprocess.synchronous_pipeline(layout.dali_cpu.read_bytes(), spec.preprocess, batch)
+        pipeline = synchronous_pipeline(layout.dali_cpu.read_bytes(), batch)
         latencies, done, start = [], 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             chunk = [np.frombuffer(images[(done + i) % len(images)], np.uint8) for i in range(batch)]
@@ -93,39 +94,6 @@ def in_process(model: str, layout: Layout, images: list[bytes], seconds: float) 
 
 
 # -- 2./3. served --------------------------------------------------------------------------------
-def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], images: list, concurrency: int,
-                seconds: float, top_k: int = 1) -> tuple[float, list[float]]:
-    """`concurrency` threads, one client each, one image (PreparedImage) per request, back to back.
-
-    Returns (requests/s, latencies in ms). top_k 0 asks for the raw output.
-    """
-    from client.api import build_request, triton_module
-
-    module = triton_module(protocol, aio=False)
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    deadline = time.monotonic() + seconds
-
-    def worker(index: int) -> None:
-        client = module.InferenceServerClient(url)
-        n = index
-        while time.monotonic() < deadline:
-            inputs, outputs = build_request(module, names, [images[n % len(images)]], top_k)
-            began = time.perf_counter()
-            client.infer(model, inputs, outputs=outputs)
-            latencies[index].append((time.perf_counter() - began) * 1000)
-            n += concurrency
-        client.close()
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    flat = [value for values in latencies for value in values]
-    return len(flat) / (time.monotonic() - started), flat
-
-
 def stage_costs(server: LocalServer, names: list[str]) -> dict[str, float]:
     """Mean compute (and queue) ms per request of each model, from the statistics API."""
     import tritonclient.http as httpclient
@@ -135,23 +103,22 @@ def stage_costs(server: LocalServer, names: list[str]) -> dict[str, float]:
     for name in names:
         stats = client.get_inference_statistics(name, headers=server.admin_headers)["model_stats"][0]["inference_stats"]
         count = stats["success"]["count"] or 1
-        costs[f"{name} compute ms"] = (stats["compute_input"]["ns"] + stats["compute_infer"]["ns"] + stats["compute_output"]["ns"]) / count / 1e6
+        compute_ns = sum(stats[phase]["ns"] for phase in ("compute_input", "compute_infer", "compute_output"))
+        costs[f"{name} compute ms"] = compute_ns / count / 1e6
         costs[f"{name} queue ms"] = stats["queue"]["ns"] / count / 1e6
     client.close()
     return costs
 
 
-def served(model: str, repo: Path, backends: Path, images: list[bytes], concurrencies: list[int], seconds: float,
+def served(model: str, layout: Layout, repo: Path, images: list[bytes], concurrencies: list[int], seconds: float,
            mode: str, protocols: tuple[str, ...]) -> tuple[list[Row], dict[str, float]]:
     from client.images import PreparedImage
 
     bundle = load_bundle(repo)
     names = (bundle.preprocess.input_name, bundle.classifier.output_name)
     prepared = [PreparedImage(f"#{i}", data, "JPEG", *IMAGE_SIZE) for i, data in enumerate(images)]
-    http, grpc, metrics = free_ports(3)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch, LocalServer(repo, backends, http, grpc, metrics,
-                                                               log_path=Path(scratch) / "server.log") as server:
+    with tempfile.TemporaryDirectory() as scratch, local_server(layout, repo, log_path=Path(scratch) / "server.log") as server:
         for protocol in protocols:
             url = server.grpc_url if protocol == "grpc" else server.http_url
             closed_loop(protocol, url, bundle.ensemble.name, names, prepared, 2, 1.0)  # warm the connections
@@ -205,7 +172,7 @@ def resnet50(num_classes: int):
 def resnet_repository(target: Path) -> Path:
     """The committed repository with a 224x224 input and 1000 classes, edited through the protobuf schema."""
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(PROJECT / "model_repository", target)
+    shutil.copytree(Layout().repository, target)
     bundle = load_bundle(target)
     (target / bundle.classifier.model_name / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(RESNET_LABELS)))
     for name, config in bundle.configs.items():
@@ -224,19 +191,17 @@ def resnet_repository(target: Path) -> Path:
 
 
 def prepare_models(models: list[str], progress) -> dict[str, Layout]:
-    layouts = {"demo": Layout(PROJECT / "model_repository", PROJECT / "build")}
-    Builder(layouts["demo"], progress=lambda m: None).run(("local",))
+    layouts = {DEMO_MODEL: Layout()}
+    Builder(layouts[DEMO_MODEL], progress=lambda m: None).run((LOCAL,))
     if "resnet50" not in models:
         return layouts
-    resnet_dir = RESULTS / "resnet50"
+    resnet_dir = layouts[DEMO_MODEL].bench / "resnet50"
     layout = Layout(resnet_repository(resnet_dir / "model_repository"), resnet_dir / "build")
     onnx_file = resnet_dir / "resnet50_random.onnx"
     if not onnx_file.exists():
-        from scripts import export
-
         progress("exporting the ResNet-50-sized model ...")
         export.export(resnet50(RESNET_LABELS), load_bundle(layout.repository).classifier, onnx_file)
-    Builder(layout, model=str(onnx_file), progress=lambda m: None).run(("local",))
+    Builder(layout, model=str(onnx_file), progress=lambda m: None).run((LOCAL,))
     layouts["resnet50"] = layout
     return layouts
 
@@ -244,7 +209,7 @@ def prepare_models(models: list[str], progress) -> dict[str, Layout]:
 def build_from_scratch() -> float:
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        Builder(Layout(PROJECT / "model_repository", Path(scratch)), progress=lambda m: None).run(("local",))
+        Builder(Layout(build_dir=Path(scratch)), progress=lambda m: None).run((LOCAL,))
         return time.perf_counter() - started
 
 
@@ -279,36 +244,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement (default: %(default)s)")
     parser.add_argument("--images", type=int, default=64, help="distinct 640x480 JPEGs (default: %(default)s)")
     parser.add_argument("--skip-build-time", action="store_true", help="do not time a build from scratch")
-    parser.add_argument("--models", nargs="+", choices=["demo", "resnet50"], default=["demo", "resnet50"], help="default: both")
+    parser.add_argument("--models", nargs="+", choices=[DEMO_MODEL, "resnet50"], default=[DEMO_MODEL, "resnet50"],
+                        help="default: both")
     args = parser.parse_args(argv)
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = Layout().bench
+    results.mkdir(parents=True, exist_ok=True)
     images = realistic_jpegs(args.images)
     progress("building the demo and the ResNet-50-sized repositories ...")
     layouts = prepare_models(args.models, progress)
     rows: list[Row] = []
     costs: dict[str, dict[str, float]] = {}
-    backends = prepare_backends(layouts["demo"].backends)
     for model, layout in layouts.items():
         progress(f"{model}: in process ...")
         rows += in_process(model, layout, images, args.seconds)
         progress(f"{model}: served ...")
-        served_rows, costs[model] = served(model, layout.flavor("local"), backends, images, args.concurrency, args.seconds,
+        served_rows, costs[model] = served(model, layout, layout.flavor(LOCAL), images, args.concurrency, args.seconds,
                                            "served", ("grpc", "http"))
         rows += served_rows
         progress(f"{model}: served without dynamic batching ...")
-        variant = without_batching(layout.flavor("local"), RESULTS / f"{model}-no-batching")
-        rows += served(model, variant, backends, images, args.concurrency, args.seconds, "served, no batching", ("grpc",))[0]
+        variant = without_batching(layout.flavor(LOCAL), results / f"{model}-no-batching")
+        rows += served(model, layout, variant, images, args.concurrency, args.seconds, "served, no batching", ("grpc",))[0]
     build_s = float("nan") if args.skip_build_time else build_from_scratch()
 
-    with open(RESULTS / "results.csv", "w", newline="") as handle:
+    with open(results / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(Row)])
         writer.writeheader()
         writer.writerows(dataclasses.asdict(r) for r in rows)
-    plot(rows, RESULTS / "throughput_latency.png")
+    plot(rows, results / "throughput_latency.png")
 
     print(f"{'model':<9} {'mode':<20} {'proto':<5} {'conc/batch':>10} {'images/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for r in rows:
@@ -317,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     for model, model_costs in costs.items():
         print(f"stage costs ({model}, all served runs): " + ", ".join(f"{k} {v:.2f}" for k, v in model_costs.items()))
     print(f"build from scratch (demo, local flavor): {build_s:.1f} s")
-    print(f"results: {RESULTS / 'results.csv'}, {RESULTS / 'throughput_latency.png'}")
+    print(f"results: {results / 'results.csv'}, {results / 'throughput_latency.png'}")
 
-    def pick(mode, protocol, concurrency=None, model="demo"):
+    def pick(mode, protocol, concurrency=None, model=DEMO_MODEL):
         return [r for r in rows if (r.model, r.mode, r.protocol) == (model, mode, protocol)
                 and (concurrency is None or r.concurrency == concurrency)]
 

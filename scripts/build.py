@@ -1,14 +1,10 @@
 """Build: the committed model repository and a model in, artifacts and the generated flavors out.
 
-Stages, each skipped when its inputs (files, config facts, the code that builds it) are unchanged:
-
-1. heldout   render the demo's held-out JPEGs (real inputs for checks and tests)
-2. model     train the demo model, or take the user's ONNX / TorchScript / pickled model
-3. onnx      export to ONNX with a dynamic batch; verify with onnx.checker and ONNX Runtime vs torch
-4. dali      serialize the CPU preprocessing pipeline (`model.dali`)
-5. flavors   generate the `cpu` and `local` repositories from the committed configs
-
-Outputs live under the build folder (git-ignored): `artifacts/`, `demo/heldout/`, `repos/<flavor>/`.
+The stages are declared once, in `STAGES` at the end of this module: each names what it reads (a
+digest of files, config facts and the code that builds it, kept in a stamp), what it writes, and how.
+A stage whose inputs and outputs match its stamp is skipped. Numbering, `--help`, `--json` and the
+tests are derived from that list. Outputs live under the build folder (git-ignored, see
+`scripts.layout`); the committed configs are read, never written.
 """
 
 from __future__ import annotations
@@ -20,19 +16,20 @@ import inspect
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from scripts import config, demo, export, intake, preprocess, repository
 from scripts import validate as validate_module
-from scripts.config import Bundle, ConfigError, load_bundle
-from scripts.validate import validate
+from scripts.config import Bundle, ConfigError
+from scripts.constants import DEMO_MODEL, GENERATED_FLAVORS
+from scripts.layout import Layout
+from scripts.validate import checked_bundle, validate
 
-DEMO = "demo"
 VERIFY_SAMPLES = 64
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def sha256_file(path: Path) -> str:
@@ -79,63 +76,57 @@ class BuildError(RuntimeError):
     """A build output failed its checks."""
 
 
-@dataclasses.dataclass
-class Layout:
-    """Where the build reads and writes."""
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """Why a stage does not run this time, and how its result reads."""
 
-    repository: Path
-    build_dir: Path
+    message: str
+    status: str = "skipped"
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    @property
-    def artifacts(self) -> Path:
-        return self.build_dir / "artifacts"
 
-    @property
-    def heldout(self) -> Path:
-        return self.build_dir / "demo" / "heldout"
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One build stage. Each callable takes the Builder; `run` returns the stage's report."""
 
-    @property
-    def backends(self) -> Path:
-        return self.build_dir / "backends"
-
-    @property
-    def stamps(self) -> Path:
-        return self.build_dir / "stamps"
-
-    @property
-    def onnx(self) -> Path:
-        return self.artifacts / "model.onnx"
-
-    @property
-    def demo_weights(self) -> Path:
-        return self.artifacts / "demo_model.pt"
-
-    @property
-    def dali_cpu(self) -> Path:
-        return self.artifacts / "model_cpu.dali"
-
-    def flavor(self, name: str) -> Path:
-        return self.build_dir / "repos" / name
+    name: str
+    does: str  # one line, for --help
+    inputs: Callable[[Builder], dict[str, Any]]  # everything the output depends on (digested into the stamp)
+    outputs: Callable[[Builder], list[Path]]
+    run: Callable[[Builder], dict[str, Any]]
+    skip: Callable[[Builder], Skip | None] = lambda builder: None
 
 
 @dataclasses.dataclass
 class StageResult:
     name: str
-    status: str  # "built" or "up to date"
+    status: str  # "built", "up to date", or a Skip's status
     seconds: float
     report: dict[str, Any]
 
 
 class Builder:
-    """Runs the stages in order; each records a stamp with the digest of its inputs."""
+    """Runs STAGES in order, after the validator found no error in the committed repository."""
 
-    def __init__(self, layout: Layout, model: str = DEMO, force: bool = False, progress: Callable[[str], None] = print):
+    def __init__(self, layout: Layout, model: str = DEMO_MODEL, force: bool = False, progress: Callable[[str], None] = print):
         self.layout = layout
         self.model = model
         self.force = force
         self.progress = progress
-        self.bundle: Bundle = load_bundle(layout.repository)
+        self.bundle: Bundle = checked_bundle(layout.repository)
+        self.flavors: tuple[str, ...] = GENERATED_FLAVORS
         self.results: list[StageResult] = []
+
+    def run(self, flavors: tuple[str, ...] = GENERATED_FLAVORS, only: tuple[str, ...] | None = None) -> list[StageResult]:
+        """Run the stages in order (`only`: just those named, for a stage whose inputs are already built)."""
+        self.flavors = flavors
+        unknown = set(only or ()) - {stage.name for stage in STAGES}
+        if unknown:
+            raise ValueError(f"no build stage named {sorted(unknown)}; the stages are {[stage.name for stage in STAGES]}")
+        for number, stage in enumerate(STAGES, start=1):
+            if only is None or stage.name in only:
+                self._stage(f"[{number}/{len(STAGES)}] {stage.name}", stage)
+        return self.results
 
     # -- the stamp mechanism ------------------------------------------------------------------
     def _recorded(self, stamp: Path) -> dict[str, Any]:
@@ -144,68 +135,85 @@ class Builder:
         except (OSError, ValueError):
             return {}  # missing or unreadable: the stage runs again
 
-    def _stage(self, name: str, inputs: dict[str, Any], outputs: list[Path], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run `run` unless the stamp says these inputs already made these (unchanged) outputs."""
-        stamp = self.layout.stamps / f"{name}.json"
+    def _stage(self, title: str, stage: Stage) -> None:
+        """Run `stage` unless its stamp says these inputs already made these (unchanged) outputs."""
+        skip = stage.skip(self)
+        if skip is not None:
+            self.progress(f"{title}: {skip.message}")
+            self.results.append(StageResult(stage.name, skip.status, 0.0, skip.report))
+            return
+        stamp = self.layout.stamps / f"{stage.name}.json"
+        inputs, outputs = stage.inputs(self), stage.outputs(self)
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-        number = f"[{len(self.results) + 1}/{len(STAGES)}]"
         recorded = self._recorded(stamp)
         if not self.force and recorded.get("digest") == digest and recorded.get("outputs") == outputs_digest(outputs):
-            self.progress(f"{number} {name}: up to date")
-            self.results.append(StageResult(name, "up to date", 0.0, recorded.get("report", {})))
-            return recorded.get("report", {})
-        self.progress(f"{number} {name}: building")
+            self.progress(f"{title}: up to date")
+            self.results.append(StageResult(stage.name, "up to date", 0.0, recorded.get("report", {})))
+            return
+        self.progress(f"{title}: building")
         # A stage that fails must not leave a stamp that vouches for older outputs.
         stamp.unlink(missing_ok=True)
         started = time.monotonic()
-        report = run()
+        report = stage.run(self)
         seconds = time.monotonic() - started
         stamp.parent.mkdir(parents=True, exist_ok=True)
         record = {"digest": digest, "outputs": outputs_digest(outputs), "inputs": inputs, "report": report}
         staging = stamp.with_suffix(".tmp")
         staging.write_text(json.dumps(record, indent=2, default=str))
         staging.replace(stamp)
-        self.progress(f"{number} {name}: built in {seconds:.1f}s" + (f" ({report['summary']})" if "summary" in report else ""))
-        self.results.append(StageResult(name, "built", seconds, report))
-        return report
+        self.progress(f"{title}: built in {seconds:.1f}s" + (f" ({report['summary']})" if "summary" in report else ""))
+        self.results.append(StageResult(stage.name, "built", seconds, report))
 
-    # -- stages -------------------------------------------------------------------------------
+    # -- what the stages share -----------------------------------------------------------------
     @property
     def labels(self) -> tuple[str, ...]:
         return self.bundle.classifier.labels
 
-    def _demo_labels(self) -> bool:
-        return all(label in demo.SHAPES for label in self.labels)
+    @property
+    def demo(self) -> bool:
+        return self.model == DEMO_MODEL
 
-    def heldout(self) -> dict[str, Any]:
-        if not self._demo_labels():
-            shutil.rmtree(self.layout.heldout, ignore_errors=True)  # images of other labels would mislead checks
-            self.progress("[1/5] heldout: skipped (the labels are not demo shapes)")
-            self.results.append(StageResult("heldout", "skipped", 0.0, {}))
-            return {}
+    def verification_inputs(self, limit: int | None = VERIFY_SAMPLES) -> np.ndarray:
+        """Real images, preprocessed: (up to `limit` of) the held-out JPEGs, and the warmup images."""
+        files = [path for _, path in demo.heldout_images(self.layout.heldout)][:limit] + self.bundle.warmup_images
+        if not files:
+            raise ConfigError(self.bundle.warmup_dir, "no image to verify the model on: put a sample image (JPEG or PNG) "
+                                                      "in this folder and reference it in the preprocessing model_warmup")
+        return np.stack([preprocess.reference(f.read_bytes(), self.bundle.preprocess) for f in files])
 
-        def run():
-            staging = self.layout.heldout.with_name("heldout.tmp")
-            shutil.rmtree(staging, ignore_errors=True)
-            count = demo.write_heldout(self.labels, staging)
-            replace_path(staging, self.layout.heldout)
-            return {"images": count, "summary": f"{count} JPEGs in {self.layout.heldout}"}
+    # -- heldout -------------------------------------------------------------------------------
+    def heldout_skip(self) -> Skip | None:
+        if all(label in demo.SHAPES for label in self.labels):
+            return None
+        shutil.rmtree(self.layout.heldout, ignore_errors=True)  # images of other labels would mislead checks
+        return Skip("skipped (the labels are not demo shapes)")
 
-        return self._stage(
-            "heldout",
-            {"labels": self.labels, "code": source_digest(demo)},
-            [self.layout.heldout],
-            run,
-        )
+    def heldout_inputs(self) -> dict[str, Any]:
+        return {"labels": self.labels, "code": source_digest(demo)}
 
-    def _model_source(self) -> dict[str, Any]:
-        if self.model == DEMO:
+    def heldout_run(self) -> dict[str, Any]:
+        staging = self.layout.heldout.with_name("heldout.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        count = demo.write_heldout(self.labels, staging)
+        replace_path(staging, self.layout.heldout)
+        return {"images": count, "summary": f"{count} JPEGs in {self.layout.heldout}"}
+
+    # -- model ---------------------------------------------------------------------------------
+    def model_skip(self) -> Skip | None:
+        if self.demo:
+            return None
+        source = self.model_source()
+        return Skip(f"{self.model} (sha256 {source['sha256'][:12]})", "user model", {"path": source["model"]})
+
+    def model_source(self) -> dict[str, Any]:
+        """What the model is made from: the demo's recipe, or the user's file."""
+        if self.demo:
             try:
                 demo.check_labels(self.labels)
             except ValueError as exc:
                 raise ConfigError(self.bundle.label_path(self.bundle.classifier_config), str(exc)) from None
             return {
-                "model": DEMO,
+                "model": DEMO_MODEL,
                 "labels": self.labels,
                 "preprocess": dataclasses.asdict(self.bundle.preprocess),
                 "code": source_digest(demo, preprocess),
@@ -215,7 +223,7 @@ class Builder:
             raise intake.IntakeError(f"{path}: model file not found")
         return {"model": str(path.resolve()), "sha256": sha256_file(path)}
 
-    def _train_demo(self) -> dict[str, Any]:
+    def model_run(self) -> dict[str, Any]:
         import torch
 
         model = demo.train(self.labels, self.bundle.preprocess, progress=lambda m: self.progress(f"      {m}"))
@@ -225,105 +233,98 @@ class Builder:
 
     def _load_model(self):
         """(kind, torch module to export); the module is None for a user's ONNX file."""
-        if self.model == DEMO:
+        if self.demo:
             import torch
 
             module = demo.make_model(len(self.labels))
             module.load_state_dict(torch.load(self.layout.demo_weights, map_location="cpu"))
-            return DEMO, module.eval()
+            return DEMO_MODEL, module.eval()
         loaded = intake.load(Path(self.model))
         return loaded.kind, loaded.module
 
-    def verification_inputs(self, limit: int | None = VERIFY_SAMPLES) -> np.ndarray:
-        """Real images, preprocessed: (up to `limit` of) the held-out JPEGs, and the warmup images."""
-        files = [path for _, path in demo.heldout_images(self.layout.heldout)][:limit]
-        warmup = self.bundle.model_dir(self.bundle.preprocess.model_name) / "warmup"
-        files += sorted(p for p in warmup.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(warmup, "no image to verify the model on: put a sample image (JPEG or PNG) in this folder "
-                                      "and reference it in the preprocessing model_warmup")
-        return np.stack([preprocess.reference(f.read_bytes(), self.bundle.preprocess) for f in files])
-
-    def model_and_onnx(self) -> dict[str, Any]:
-        source = self._model_source()
-        if self.model == DEMO:
-            self._stage("model", source, [self.layout.demo_weights], self._train_demo)
-            source = {**source, "weights": sha256_file(self.layout.demo_weights)}
-        else:
-            self.progress(f"[2/5] model: {self.model} (sha256 {source['sha256'][:12]})")
-            self.results.append(StageResult("model", "user model", 0.0, {"path": source["model"]}))
-
-        def run():
-            self.layout.artifacts.mkdir(parents=True, exist_ok=True)
-            kind, module = self._load_model()
-            # Verified before it takes the place of the last good export.
-            staging = self.layout.onnx.with_suffix(".tmp.onnx")
-            if module is None:
-                shutil.copy2(self.model, staging)
-            else:
-                export.export(module, self.bundle.classifier, staging)
-            report = export.verify(staging, self.bundle.classifier, self.verification_inputs(), module)
-            replace_path(staging, self.layout.onnx)
-            return {
-                "kind": kind,
-                "max_abs_error": report.max_abs_error,
-                "tolerance": report.tolerance,
-                "samples": report.samples,
-                "summary": str(report),
-            }
-
-        inputs = {
+    # -- onnx ----------------------------------------------------------------------------------
+    def onnx_inputs(self) -> dict[str, Any]:
+        source = self.model_source()
+        if self.demo:
+            source["weights"] = sha256_file(self.layout.demo_weights)
+        return {
             "source": source,
             "classifier": dataclasses.asdict(self.bundle.classifier),
             "code": source_digest(export, intake),
             "versions": package_versions("torch", "onnx", "onnxruntime"),
         }
-        return self._stage("onnx", inputs, [self.layout.onnx], run)
 
-    def dali(self) -> dict[str, Any]:
+    def onnx_run(self) -> dict[str, Any]:
+        self.layout.artifacts.mkdir(parents=True, exist_ok=True)
+        kind, module = self._load_model()
+        # Verified before it takes the place of the last good export.
+        staging = self.layout.onnx.with_suffix(".tmp.onnx")
+        if module is None:
+            shutil.copy2(self.model, staging)
+        else:
+            export.export(module, self.bundle.classifier, staging)
+        report = export.verify(staging, self.bundle.classifier, self.verification_inputs(), module)
+        replace_path(staging, self.layout.onnx)
+        return {
+            "kind": kind,
+            "max_abs_error": report.max_abs_error,
+            "tolerance": report.tolerance,
+            "samples": report.samples,
+            "summary": str(report),
+        }
+
+    # -- dali ----------------------------------------------------------------------------------
+    def dali_inputs(self) -> dict[str, Any]:
         import nvidia.dali
 
-        def run():
-            self.layout.artifacts.mkdir(parents=True, exist_ok=True)
-            self.layout.dali_cpu.write_bytes(preprocess.serialize(self.bundle.preprocess, "cpu"))
-            return {"summary": f"{self.layout.dali_cpu.stat().st_size} bytes, DALI {nvidia.dali.__version__}"}
-
-        inputs = {
+        return {
             "preprocess": dataclasses.asdict(self.bundle.preprocess),
             "dali": nvidia.dali.__version__,
             "code": source_digest(preprocess),
         }
-        return self._stage("dali", inputs, [self.layout.dali_cpu], run)
 
-    def flavors(self, names: tuple[str, ...]) -> dict[str, Any]:
-        artifacts = repository.Artifacts(onnx=self.layout.onnx, dali_cpu=self.layout.dali_cpu)
+    def dali_run(self) -> dict[str, Any]:
+        import nvidia.dali
 
-        def run():
-            for name in names:
-                target = repository.generate(self.bundle, name, self.layout.flavor(name), artifacts)
-                report = validate(target, flavor=name, require_artifacts=True)
-                if not report.ok():
-                    shutil.rmtree(target)
-                    details = "\n".join(str(f) for f in report.errors)
-                    raise BuildError(f"the generated {name} repository does not validate:\n{details}")
-            return {"summary": "validated " + ", ".join(str(self.layout.flavor(n)) for n in names)}
+        self.layout.artifacts.mkdir(parents=True, exist_ok=True)
+        self.layout.dali_cpu.write_bytes(preprocess.serialize(self.bundle.preprocess, "cpu"))
+        return {"summary": f"{self.layout.dali_cpu.stat().st_size} bytes, DALI {nvidia.dali.__version__}"}
 
-        inputs = {
-            "flavors": names,
+    # -- flavors -------------------------------------------------------------------------------
+    def flavors_inputs(self) -> dict[str, Any]:
+        return {
+            "flavors": self.flavors,
             "configs": sha256_tree(self.layout.repository, skip_versions=True),
             "onnx": sha256_file(self.layout.onnx),
             "dali": sha256_file(self.layout.dali_cpu),
-            "local_models": sha256_tree(repository.LOCAL_MODELS),
+            "local_models": {path.name: sha256_file(path) for path in repository.local_model_sources()},
             "code": source_digest(repository, config, validate_module),
         }
-        return self._stage("flavors", inputs, [self.layout.flavor(n) for n in names], run)
 
-    def run(self, flavors: tuple[str, ...] = repository.FLAVORS) -> list[StageResult]:
-        self.heldout()
-        self.model_and_onnx()
-        self.dali()
-        self.flavors(flavors)
-        return self.results
+    def flavors_outputs(self) -> list[Path]:
+        return [self.layout.flavor(name) for name in self.flavors]
+
+    def flavors_run(self) -> dict[str, Any]:
+        artifacts = repository.Artifacts(onnx=self.layout.onnx, dali_cpu=self.layout.dali_cpu)
+        for name in self.flavors:
+            target = repository.generate(self.bundle, name, self.layout.flavor(name), artifacts)
+            report = validate(target, flavor=name, require_artifacts=True)
+            if not report.ok():
+                shutil.rmtree(target)
+                details = "\n".join(str(f) for f in report.errors)
+                raise BuildError(f"the generated {name} repository does not validate:\n{details}")
+        return {"summary": "validated " + ", ".join(str(self.layout.flavor(n)) for n in self.flavors)}
 
 
-STAGES = ("heldout", "model", "onnx", "dali", "flavors")
+STAGES = (
+    Stage("heldout", "render the demo's held-out JPEGs (real inputs for checks and tests)",
+          Builder.heldout_inputs, lambda b: [b.layout.heldout], Builder.heldout_run, Builder.heldout_skip),
+    Stage("model", "train the demo model, or take the user's ONNX / TorchScript / pickled model",
+          Builder.model_source, lambda b: [b.layout.demo_weights], Builder.model_run, Builder.model_skip),
+    Stage("onnx", "export to ONNX with a dynamic batch; verify with onnx.checker and ONNX Runtime vs torch",
+          Builder.onnx_inputs, lambda b: [b.layout.onnx], Builder.onnx_run),
+    Stage("dali", "serialize the CPU preprocessing pipeline (model.dali of the cpu and local flavors)",
+          Builder.dali_inputs, lambda b: [b.layout.dali_cpu], Builder.dali_run),
+    Stage("flavors", "generate the cpu and local repositories from the committed configs, and validate them",
+          Builder.flavors_inputs, Builder.flavors_outputs, Builder.flavors_run),
+)

@@ -1,20 +1,26 @@
-"""Read the committed model repository: config.pbtxt files in, typed specs of the bundle out.
+"""Read a model repository: config.pbtxt files in, typed specs of the bundle out.
 
 Every fact the build needs (tensor names, shapes, batch sizes, preprocessing parameters, labels) is
 read here from the `config.pbtxt` files, parsed with Triton's own `ModelConfig` protobuf schema.
-Nothing else in the project repeats those facts as literals.
+Nothing else in the project repeats those facts as literals. This module only parses: each rule
+that a value can break is written once, in a function that returns problems (`preprocess_problems`,
+`label_problems`); the validator reports all of them, the readers here refuse on them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from client.image_formats import SUFFIXES as IMAGE_SUFFIXES
+from scripts.constants import CONFIG_FILENAME, VERSION, WARMUP_DIR
+
 ModelConfig = model_config_pb2.ModelConfig
-CONFIG_FILENAME = "config.pbtxt"
 BYTES_PER_ELEMENT = {
     "TYPE_BOOL": 1, "TYPE_UINT8": 1, "TYPE_INT8": 1,
     "TYPE_UINT16": 2, "TYPE_INT16": 2, "TYPE_FP16": 2, "TYPE_BF16": 2,
@@ -37,8 +43,7 @@ class ConfigError(ValueError):
     def __init__(self, path: Path | str, message: str, field: str | None = None):
         self.path = Path(path)
         self.field = field
-        where = f"{self.path}" + (f" [{field}]" if field else "")
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{self.path}: " + (f"{field}: " if field else "") + message)
 
 
 def read_config(path: Path) -> ModelConfig:
@@ -60,21 +65,6 @@ def write_config(config: ModelConfig, path: Path, header: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     comments = "".join(f"# {line}\n" for line in header.splitlines())
     path.write_text(comments + text_format.MessageToString(config))
-
-
-def string_parameter(config: ModelConfig, key: str, path: Path, default: str | None = None) -> str:
-    if key in config.parameters:
-        return config.parameters[key].string_value
-    if default is None:
-        raise ConfigError(path, f'missing parameter "{key}"', field=f"parameters[{key}]")
-    return default
-
-
-def positive_int_parameter(config: ModelConfig, key: str, path: Path, default: str | None = None) -> int:
-    text = string_parameter(config, key, path, default)
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ConfigError(path, f'expected a positive whole number, found "{text}"', field=f"parameters[{key}]")
-    return int(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +117,19 @@ class Bundle:
     def config_path(self, name: str) -> Path:
         return self.root / name / CONFIG_FILENAME
 
+    @property
+    def warmup_dir(self) -> Path:
+        return self.model_dir(self.preprocess.model_name) / WARMUP_DIR
+
+    @property
+    def warmup_images(self) -> list[Path]:
+        """The preprocessing model's warmup samples: real encoded images that ship with the repository."""
+        return sorted(p for p in self.warmup_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def artifact(self, name: str, filename: str) -> Path:
+        """Where model `name` keeps `filename` (model.plan, model.dali, ...): its version folder."""
+        return self.root / name / VERSION / filename
+
     def label_path(self, model: ModelConfig) -> Path | None:
         for output in model.output:
             if output.label_filename:
@@ -143,29 +146,74 @@ def _read_named(root: Path, name: str) -> ModelConfig:
     return config
 
 
-def _floats(text: str, path: Path, key: str) -> tuple[float, float, float]:
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A config value that breaks a rule of this bundle: which field, what the rule wants, what is there."""
+
+    code: str  # the validator's finding code
+    field: str
+    expected: str
+    found: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.field}: expected {self.expected}, found {self.found}"
+
+
+# The preprocessing model's parameters, with their default (None: required). The build serializes
+# them all into the DALI pipeline; the DALI backend also reads num_threads itself.
+PREPROCESS_PARAMETERS = {"resize_shorter": None, "num_threads": "1", "mean": None, "std": None}
+
+
+def is_bundle_preprocessing(config: ModelConfig) -> bool:
+    """Whether `config` sets a parameter only this bundle's preprocessing has (num_threads is DALI's own)."""
+    return any(key in config.parameters for key, default in PREPROCESS_PARAMETERS.items() if default is None)
+
+
+def _positive_whole(text: str | None) -> int | None:
+    return int(text) if text is not None and re.fullmatch(r"\s*[0-9]+\s*", text) and int(text) >= 1 else None
+
+
+def _three_numbers(text: str | None) -> tuple[float, float, float] | None:
     try:
-        values = tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in (text or "").split(","))
     except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise ConfigError(path, f'expected three comma-separated numbers, found "{text}"', field=f"parameters[{key}]")
-    return values  # type: ignore[return-value]
+        return None
+    return values if len(values) == 3 and all(math.isfinite(v) for v in values) else None  # type: ignore[return-value]
 
 
-def _preprocess_spec(config: ModelConfig, path: Path) -> PreprocessSpec:
+def _parse_preprocess(config: ModelConfig) -> tuple[PreprocessSpec | None, list[Problem]]:
+    """The preprocessing model's spec, or None and every problem that prevents it."""
     if len(config.input) != 1 or len(config.output) != 1:
-        raise ConfigError(path, "the preprocessing model must have exactly one input and one output")
-    dims = tuple(config.output[0].dims)
-    if len(dims) != 3:
-        raise ConfigError(path, f"output dims must be [channels, height, width], found {list(dims)}", field="output.dims")
-    resize_shorter = positive_int_parameter(config, "resize_shorter", path)
-    if resize_shorter < max(dims[1:]):
-        raise ConfigError(
-            path,
-            f"resize_shorter={resize_shorter} is smaller than the crop {dims[1]}x{dims[2]}",
-            field="parameters[resize_shorter]",
-        )
+        return None, [Problem("preprocess-signature", "input/output", "one input (encoded images) and one output (pixels)",
+                              f"{len(config.input)} inputs and {len(config.output)} outputs")]
+    problems = []
+    dims = list(config.output[0].dims)
+    if len(dims) != 3 or dims[0] != 3:
+        problems.append(Problem("preprocess-output-invalid", "output.dims", "[3, height, width] (RGB, CHW)", str(dims)))
+    text = {key: config.parameters[key].string_value if key in config.parameters else default
+            for key, default in PREPROCESS_PARAMETERS.items()}
+
+    def invalid(key: str, expected: str, hint: str = "") -> None:
+        found = "nothing (the parameter is missing)" if text[key] is None else f'"{text[key]}"'
+        problems.append(Problem("parameter-invalid", f"parameters[{key}]", expected, found, hint))
+
+    resize_shorter = _positive_whole(text["resize_shorter"])
+    if resize_shorter is None:
+        invalid("resize_shorter", "a positive whole number")
+    elif len(dims) == 3 and resize_shorter < max(dims[1:]):
+        invalid("resize_shorter", f">= the crop {dims[1]}x{dims[2]}", "the center crop cannot be larger than the resized image")
+    num_threads = _positive_whole(text["num_threads"])
+    if num_threads is None:
+        invalid("num_threads", "a positive whole number")
+    mean = _three_numbers(text["mean"])
+    if mean is None:
+        invalid("mean", "three comma-separated numbers")
+    std = _three_numbers(text["std"])
+    if std is None or min(std) <= 0:
+        invalid("std", "three comma-separated numbers, all > 0")
+    if problems:
+        return None, problems
     return PreprocessSpec(
         model_name=config.name,
         input_name=config.input[0].name,
@@ -173,11 +221,24 @@ def _preprocess_spec(config: ModelConfig, path: Path) -> PreprocessSpec:
         channels=dims[0],
         crop=(dims[1], dims[2]),
         resize_shorter=resize_shorter,
-        mean=_floats(string_parameter(config, "mean", path), path, "mean"),
-        std=_floats(string_parameter(config, "std", path), path, "std"),
+        mean=mean,
+        std=std,
         max_batch_size=config.max_batch_size,
-        num_threads=positive_int_parameter(config, "num_threads", path, default="1"),
-    )
+        num_threads=num_threads,
+    ), []
+
+
+def preprocess_problems(config: ModelConfig) -> list[Problem]:
+    """Every way a preprocessing model's config breaks this bundle's rules ([] = none)."""
+    return _parse_preprocess(config)[1]
+
+
+def preprocess_spec(config: ModelConfig, path: Path) -> PreprocessSpec:
+    """The preprocessing spec of `config` (read from `path`); ConfigError names every problem."""
+    spec, problems = _parse_preprocess(config)
+    if spec is None:
+        raise ConfigError(path, "; ".join(str(p) for p in problems))
+    return spec
 
 
 def label_problems(text: str) -> list[tuple[int, str]]:
@@ -221,7 +282,8 @@ def _classifier_spec(config: ModelConfig, model_dir: Path, path: Path) -> Classi
         raise ConfigError(path, "the classifier must have exactly one input and one output")
     output = config.output[0]
     if not output.label_filename:
-        raise ConfigError(path, "the output needs a label_filename for the classification extension", field="output.label_filename")
+        raise ConfigError(path, "the output needs a label_filename for the classification extension",
+                          field="output.label_filename")
     labels = read_labels(model_dir / output.label_filename)
     if list(output.dims) != [len(labels)]:
         raise ConfigError(
@@ -240,29 +302,23 @@ def _classifier_spec(config: ModelConfig, model_dir: Path, path: Path) -> Classi
     )
 
 
-def _step(ensemble: ModelConfig, path: Path, role: str, *, consumes: str = "", produces: str = ""):
-    """The ensemble step that consumes an ensemble input or produces an ensemble output."""
-    for step in ensemble.ensemble_scheduling.step:
-        if consumes in step.input_map.values() or produces in step.output_map.values():
-            return step
-    tensor = consumes or produces
-    raise ConfigError(path, f'no step {"consumes" if consumes else "produces"} the ensemble tensor "{tensor}" (the {role} step)',
-                      field="ensemble_scheduling.step")
+def step_consuming(ensemble: ModelConfig, tensor: str):
+    """The ensemble step whose input_map reads `tensor`, or None."""
+    return next((step for step in ensemble.ensemble_scheduling.step if tensor in step.input_map.values()), None)
+
+
+def step_producing(ensemble: ModelConfig, tensor: str):
+    """The ensemble step whose output_map writes `tensor`, or None."""
+    return next((step for step in ensemble.ensemble_scheduling.step if tensor in step.output_map.values()), None)
 
 
 def load_bundle(root: Path) -> Bundle:
-    """Validate `root`, then read the ensemble with its preprocessing and classifier steps.
+    """Read the ensemble of `root` with its preprocessing and classifier steps.
 
-    Raises ConfigError listing every error the validator finds (artifacts are not inspected here).
+    Raises ConfigError on the first thing that does not parse or fit. To hear of every mistake in
+    a repository at once, run the validator first (`scripts.validate.checked_bundle` does both).
     """
-    from scripts.validate import validate
-
     root = Path(root)
-    report = validate(root, artifacts=False)
-    if report.errors:
-        first = report.errors[0]
-        details = "\n".join(str(f) for f in report.errors)
-        raise ConfigError(first.file, f"{len(report.errors)} error(s) in the model repository:\n{details}")
     ensembles = [_read_named(root, p.parent.name) for p in sorted(root.glob(f"*/{CONFIG_FILENAME}"))]
     ensembles = [c for c in ensembles if c.platform == "ensemble"]
     if len(ensembles) != 1:
@@ -273,12 +329,19 @@ def load_bundle(root: Path) -> Bundle:
         raise ConfigError(ensemble_path, "expected one input (image bytes), one output (scores) and two steps "
                                          "(preprocess, classifier)")
     # The steps are found by the wiring, not by their order in the file.
-    preprocess_step = _step(ensemble, ensemble_path, "preprocessing", consumes=ensemble.input[0].name)
-    classifier_step = _step(ensemble, ensemble_path, "classifier", produces=ensemble.output[0].name)
+    preprocess_step = step_consuming(ensemble, ensemble.input[0].name)
+    classifier_step = step_producing(ensemble, ensemble.output[0].name)
+    for step, role, verb, tensor in ((preprocess_step, "preprocessing", "consumes", ensemble.input[0].name),
+                                     (classifier_step, "classifier", "produces", ensemble.output[0].name)):
+        if step is None:
+            raise ConfigError(ensemble_path, f'no step {verb} the ensemble tensor "{tensor}" (the {role} step)',
+                              field="ensemble_scheduling.step")
     if preprocess_step is classifier_step:
-        raise ConfigError(ensemble_path, "one step both consumes the image and produces the scores", field="ensemble_scheduling.step")
+        raise ConfigError(ensemble_path, "one step both consumes the image and produces the scores",
+                          field="ensemble_scheduling.step")
     preprocess_config = _read_named(root, preprocess_step.model_name)
     classifier_config = _read_named(root, classifier_step.model_name)
-    preprocess = _preprocess_spec(preprocess_config, root / preprocess_config.name / CONFIG_FILENAME)
-    classifier = _classifier_spec(classifier_config, root / classifier_config.name, root / classifier_config.name / CONFIG_FILENAME)
+    preprocess = preprocess_spec(preprocess_config, root / preprocess_config.name / CONFIG_FILENAME)
+    classifier_dir = root / classifier_config.name
+    classifier = _classifier_spec(classifier_config, classifier_dir, classifier_dir / CONFIG_FILENAME)
     return Bundle(root, ensemble, preprocess_config, classifier_config, preprocess, classifier)

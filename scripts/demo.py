@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -26,7 +26,8 @@ HELDOUT_SEED = 2
 
 
 def _regular(n: int, radius: float, rotation: float) -> Polygon:
-    return [(radius * math.cos(rotation + 2 * math.pi * k / n), radius * math.sin(rotation + 2 * math.pi * k / n)) for k in range(n)]
+    angles = [rotation + 2 * math.pi * k / n for k in range(n)]
+    return [(radius * math.cos(angle), radius * math.sin(angle)) for angle in angles]
 
 
 def _star(radius: float, rotation: float) -> Polygon:
@@ -81,7 +82,7 @@ def render(label: str, rng: np.random.Generator) -> bytes:
     height = int(np.clip(width * rng.uniform(0.7, 1.4), 80, 480))
     bg = tuple(int(v) for v in rng.integers(0, 256, 3))
     fg = tuple(int(v) for v in rng.integers(0, 256, 3))
-    while sum(abs(a - b) for a, b in zip(fg, bg)) < 180:
+    while sum(abs(a - b) for a, b in zip(fg, bg, strict=True)) < 180:
         fg = tuple(int(v) for v in rng.integers(0, 256, 3))
     image = Image.new("RGB", (width, height), bg)
     # Keep the shape inside the center crop: the shorter side decides what survives preprocessing.

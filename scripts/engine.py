@@ -14,34 +14,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
+from scripts import plan_metadata
 from scripts.config import ClassifierSpec
+from scripts.constants import FP16, FP32, PRECISIONS
+from scripts.plan_metadata import Profile
 
-PRECISIONS = ("fp32", "fp16")
-METADATA_SUFFIX = ".json"  # model.plan -> model.plan.json
 # The accuracy gate, against ONNX Runtime FP32 on real images (all held-out images: with 300, up to
 # 3 top-1 flips pass), compared as probabilities.
 MIN_TOP1_AGREEMENT = 0.99
-MAX_ABS_DIFF = {"fp32": 1e-3, "fp16": 2e-2}
+MAX_ABS_DIFF = {FP32: 1e-3, FP16: 2e-2}
 WORKSPACE_BYTES = 1 << 30
 
 
 class EngineError(RuntimeError):
     """The engine cannot be built, or fails the accuracy gate."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    """One TensorRT optimization profile over the batch dimension."""
-
-    min: int
-    opt: int
-    max: int
 
 
 def profile_for(spec: ClassifierSpec) -> Profile:
@@ -73,9 +64,7 @@ class Target:
     def as_metadata(self, **extra) -> dict:
         data = dataclasses.asdict(self)
         data["input_dims"] = list(self.input_dims)
-        # The validator reads these two (see scripts/validate.py).
-        data["inputs"] = {self.input_name: list(self.input_dims)}
-        return {**data, **extra}
+        return {**data, **plan_metadata.describe(self.profile, {self.input_name: self.input_dims}), **extra}
 
 
 def stale_reasons(recorded: dict | None, target: Target) -> list[str]:
@@ -97,22 +86,6 @@ def stale_reasons(recorded: dict | None, target: Target) -> list[str]:
     return [f"{why}: {recorded.get(key)!r} -> {wanted[key]!r}" for key, why in labels.items() if recorded.get(key) != wanted[key]]
 
 
-def read_metadata(plan: Path) -> dict | None:
-    path = plan.with_name(plan.name + METADATA_SUFFIX)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_metadata(plan: Path, metadata: dict) -> Path:
-    path = plan.with_name(plan.name + METADATA_SUFFIX)
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(metadata, indent=2))
-    staging.replace(path)
-    return path
-
-
 def trtexec_command(onnx: Path, plan: Path, spec: ClassifierSpec, precision: str, timing_cache: Path) -> list[str]:
     """The trtexec equivalent of `build_plan`, for people who prefer the CLI."""
     profile = profile_for(spec)
@@ -124,7 +97,7 @@ def trtexec_command(onnx: Path, plan: Path, spec: ClassifierSpec, precision: str
         f"--maxShapes={spec.input_name}:{profile.max}x{dims}",
         f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}M",
     ]
-    return command + (["--fp16"] if precision == "fp16" else [])
+    return command + (["--fp16"] if precision == FP16 else [])
 
 
 @dataclasses.dataclass
@@ -189,7 +162,7 @@ def build_plan(onnx: Path, spec: ClassifierSpec, precision: str, timing_cache: P
         raise EngineError(f"{onnx}: TensorRT cannot parse the ONNX model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if precision == "fp16":
+    if precision == FP16:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = profile_for(spec)
     trt_profile = builder.create_optimization_profile()
@@ -260,10 +233,10 @@ def build(onnx: Path, plan: Path, spec: ClassifierSpec, precision: str, cache_di
         profile=profile_for(spec), precision=precision, tensorrt_version=tensorrt_version(),
         gpu_name=name, compute_capability=capability,
     )
-    reasons = stale_reasons(read_metadata(plan), target) if plan.is_file() else ["no plan yet"]
+    reasons = stale_reasons(plan_metadata.read(plan), target) if plan.is_file() else ["no plan yet"]
     if not reasons and not force:
         progress(f"{plan}: up to date (TensorRT {target.tensorrt_version}, {name}, {precision})")
-        return read_metadata(plan)
+        return plan_metadata.read(plan)
     progress(f"{plan}: building because " + "; ".join(reasons or ["--force"]))
     timing_cache = timing_cache_path(cache_dir, target.tensorrt_version, capability)
     serialized = build_plan(onnx, spec, precision, timing_cache, progress)
@@ -279,5 +252,5 @@ def build(onnx: Path, plan: Path, spec: ClassifierSpec, precision: str, cache_di
     staging.replace(plan)
     metadata = target.as_metadata(built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                   accuracy_gate=dataclasses.asdict(gate))
-    write_metadata(plan, metadata)
+    plan_metadata.write(plan, metadata)
     return metadata

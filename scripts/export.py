@@ -33,7 +33,8 @@ class VerifyReport:
     def __str__(self) -> str:
         if self.max_abs_error is None:
             return f"ONNX Runtime ran {self.samples} images (no torch reference to compare)"
-        return f"ONNX Runtime vs torch on {self.samples} images: max abs error {self.max_abs_error:.2e} (tolerance {self.tolerance:.0e})"
+        return (f"ONNX Runtime vs torch on {self.samples} images: max abs error {self.max_abs_error:.2e} "
+                f"(tolerance {self.tolerance:.0e})")
 
 
 def export(module, spec: ClassifierSpec, path: Path) -> None:
@@ -92,7 +93,7 @@ def check_signature(path: Path, spec: ClassifierSpec) -> None:
         if tensor.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise ExportError(f'{path}: {kind} "{name}" must be float32')
         found = _dims(tensor)
-        if len(found) != len(dims) + 1 or any(isinstance(f, int) and f != d for f, d in zip(found[1:], dims)):
+        if len(found) != len(dims) + 1 or any(isinstance(f, int) and f != d for f, d in zip(found[1:], dims, strict=True)):
             raise ExportError(f'{path}: {kind} "{name}" has shape {found}, expected [batch, {", ".join(map(str, dims))}]')
         if isinstance(found[0], int):
             raise ExportError(f'{path}: {kind} "{name}" has a fixed batch dimension {found[0]}; export it as dynamic')

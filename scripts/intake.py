@@ -58,6 +58,8 @@ def load(path: Path) -> LoadedModel:
         ) from exc
     if not isinstance(module, torch.nn.Module):
         kind = type(module).__name__
-        hint = " (a state_dict: save the whole module with torch.save(model, path), or script it)" if kind in ("dict", "OrderedDict") else ""
+        hint = ""
+        if kind in ("dict", "OrderedDict"):
+            hint = " (a state_dict: save the whole module with torch.save(model, path), or script it)"
         raise IntakeError(f"{path}: holds a {kind}, not a torch.nn.Module{hint}")
     return LoadedModel("pickle", path, module.eval())

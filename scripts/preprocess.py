@@ -53,18 +53,6 @@ def build_pipeline(spec: PreprocessSpec, flavor: str):
     return pipeline
 
 
-def synchronous_pipeline(serialized: bytes, spec: PreprocessSpec, batch_size: int | None = None, device_id: int | None = None):
-    """A built pipeline from `model.dali` bytes that runs one call at a time (no prefetching), so a
-    batch smaller than batch_size never makes DALI peek at a batch that was not fed."""
-    from nvidia.dali import Pipeline
-
-    pipeline = Pipeline.deserialize(serialized_pipeline=serialized, batch_size=batch_size or spec.max_batch_size,
-                                    num_threads=spec.num_threads, device_id=device_id,
-                                    exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
-    pipeline.build()
-    return pipeline
-
-
 def serialize(spec: PreprocessSpec, flavor: str) -> bytes:
     """The serialized pipeline (`model.dali`). The `gpu` flavor needs a GPU to serialize."""
     return build_pipeline(spec, flavor).serialize()

@@ -16,11 +16,18 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from scripts.config import CONFIG_FILENAME, Bundle, ModelConfig, generated_header, write_config
+import client.image_formats
+from scripts import constants, dali_runner
+from scripts.config import Bundle, ModelConfig, generated_header, write_config
+from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL, VERSION
 
-FLAVORS = ("cpu", "local")
 LOCAL_MODELS = Path(__file__).parent / "local_models"
-VERSION = "1"
+# The local flavor's python models import these helpers from their own version folder (Triton's python
+# backend puts it on the import path): each is copied there, so no helper exists twice in the source.
+LOCAL_HELPERS = {
+    "preprocess": tuple(Path(m.__file__) for m in (dali_runner, client.image_formats, constants)),
+    "classifier": (Path(constants.__file__),),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +49,7 @@ def flavor_config(config: ModelConfig, role: str, flavor: str) -> ModelConfig:
     if role == "ensemble":
         return derived
     _to_cpu(derived)
-    if flavor == "local":
+    if flavor == LOCAL:
         derived.platform = ""
         derived.backend = "python"
     elif role == "classifier":
@@ -51,11 +58,17 @@ def flavor_config(config: ModelConfig, role: str, flavor: str) -> ModelConfig:
     return derived
 
 
+def local_model_sources() -> list[Path]:
+    """Every file the local flavor's python models are made of."""
+    models = {LOCAL_MODELS / f"{role}.py" for role in LOCAL_HELPERS}
+    return sorted(models | {path for paths in LOCAL_HELPERS.values() for path in paths})
+
+
 def _artifacts_for(role: str, flavor: str, artifacts: Artifacts) -> dict[str, Path]:
-    """Files for version folder 1, by destination name."""
-    files = {"preprocess": {"model.dali": artifacts.dali_cpu}, "classifier": {"model.onnx": artifacts.onnx}}.get(role, {})
-    if flavor == "local" and role != "ensemble":
-        files = {**files, "model.py": LOCAL_MODELS / f"{role}.py"}
+    """Files for the version folder, by destination name."""
+    files = {"preprocess": {DALI_PIPELINE: artifacts.dali_cpu}, "classifier": {ONNX_MODEL: artifacts.onnx}}.get(role, {})
+    if flavor == LOCAL and role in LOCAL_HELPERS:
+        files = {**files, PYTHON_MODEL: LOCAL_MODELS / f"{role}.py", **{p.name: p for p in LOCAL_HELPERS[role]}}
     return files
 
 
@@ -72,8 +85,8 @@ def _copy_beside_config(source_dir: Path, target_dir: Path) -> None:
 
 def generate(bundle: Bundle, flavor: str, target: Path, artifacts: Artifacts) -> Path:
     """Write the `flavor` repository to `target` (replacing it whole) and return `target`."""
-    if flavor not in FLAVORS:
-        raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
+    if flavor not in GENERATED_FLAVORS:
+        raise ValueError(f"unknown flavor {flavor!r}; expected one of {GENERATED_FLAVORS}")
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     roles = {

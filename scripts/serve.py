@@ -1,7 +1,8 @@
 """Serve: a model repository in, a running real `tritonserver` out (the binary in nvidia-pytriton).
 
-`LocalServer` starts the server on the given ports, waits until it is ready (every model loaded and
-warmed up), and stops it cleanly. It is used by `make serve` and by the integration tests.
+`local_server(layout, ...)` is the one way this project starts a server: `make serve`, `make
+loadtest`, the benchmarks and the tests all go through it. `LocalServer` starts the server on an
+`Endpoint`, waits until it is ready (every model loaded and warmed up), and stops it cleanly.
 Defaults are safe: endpoints bind to 127.0.0.1, no repository polling, and the admin APIs
 (model repository, config, shared memory, logging, trace, statistics) need the `admin-key` header.
 """
@@ -20,11 +21,12 @@ import sysconfig
 import time
 from pathlib import Path
 
-from client.api import ADMIN_HEADER
+from client import defaults
+from client.defaults import ADMIN_HEADER
+from scripts.constants import SERVED_FLAVOR
+from scripts.layout import Layout
 
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace", "statistics")
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
-PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "TRITON_METRICS_PORT"}
 
 
 class ServerError(RuntimeError):
@@ -40,27 +42,52 @@ def _pytriton_dist() -> Path:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on 127.0.0.1 right now (for tests and benchmarks)."""
+    """`count` distinct TCP ports free on the loopback address right now (for tests and benchmarks)."""
     import socket
 
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
         for s in sockets:
-            s.bind(("127.0.0.1", 0))
+            s.bind((defaults.DEFAULT_ADDRESS, 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
             s.close()
 
 
-def ports_from_env() -> dict[str, int]:
-    ports = {}
-    for kind, default in DEFAULT_PORTS.items():
-        value = os.environ.get(PORT_ENV[kind], str(default))
-        if not value.isdigit() or not 0 < int(value) < 65536:
-            raise ServerError(f"{PORT_ENV[kind]}={value!r} is not a port number")
-        ports[kind] = int(value)
-    return ports
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where a server listens: one address, three ports."""
+
+    address: str = defaults.DEFAULT_ADDRESS
+    http: int = defaults.DEFAULT_PORTS["http"]
+    grpc: int = defaults.DEFAULT_PORTS["grpc"]
+    metrics: int = defaults.DEFAULT_PORTS["metrics"]
+
+    @classmethod
+    def from_env(cls) -> Endpoint:
+        """Where `make serve` listens: TRITON_ADDRESS and TRITON_{HTTP,GRPC,METRICS}_PORT, else the defaults."""
+        try:
+            return cls(defaults.address(), *(defaults.port(kind) for kind in ("http", "grpc", "metrics")))
+        except ValueError as exc:
+            raise ServerError(str(exc)) from None
+
+    @classmethod
+    def free(cls) -> Endpoint:
+        """Three ports free on the loopback address (tests and benchmarks run beside a dev server)."""
+        return cls(defaults.DEFAULT_ADDRESS, *free_ports(3))
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.address}:{self.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address}:{self.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}:{self.metrics}/metrics"
 
 
 def prepare_backends(directory: Path) -> Path:
@@ -92,7 +119,8 @@ def server_environment() -> dict[str, str]:
     dist = _pytriton_dist()
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     libpython = sysconfig.get_config_var("INSTSONAME") or ""
-    if ".so" in libpython and not (Path(libdir) / libpython).exists() and not ctypes.util.find_library(libpython[3:].split(".so")[0]):
+    found = (Path(libdir) / libpython).exists() or ctypes.util.find_library(libpython[3:].split(".so")[0])
+    if ".so" in libpython and not found:
         raise ServerError(f"the python backend stub needs {libpython}, not found in {libdir}: install the shared "
                           f"Python library (Debian: apt-get install lib{libpython.split('.so')[0].removeprefix('lib')})")
     env = dict(os.environ)
@@ -115,26 +143,23 @@ def _terminate_with_parent() -> None:
 class LocalServer:
     repository: Path
     backends: Path
-    http_port: int = DEFAULT_PORTS["http"]
-    grpc_port: int = DEFAULT_PORTS["grpc"]
-    metrics_port: int = DEFAULT_PORTS["metrics"]
-    address: str = "127.0.0.1"
-    admin_key: str = dataclasses.field(default_factory=lambda: os.environ.get("TRITON_ADMIN_KEY") or secrets.token_hex(24))
+    endpoint: Endpoint = Endpoint()
+    admin_key: str = dataclasses.field(default_factory=lambda: defaults.admin_key() or secrets.token_hex(24))
     log_path: Path | None = None
     process: subprocess.Popen | None = None
     shm_prefix: str = dataclasses.field(default_factory=lambda: f"triton_bundle_{os.getpid()}_{secrets.token_hex(4)}")
 
     @property
     def http_url(self) -> str:
-        return f"{self.address}:{self.http_port}"
+        return self.endpoint.http_url
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.address}:{self.grpc_port}"
+        return self.endpoint.grpc_url
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.address}:{self.metrics_port}/metrics"
+        return self.endpoint.metrics_url
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -146,12 +171,12 @@ class LocalServer:
             str(_pytriton_dist() / "bin" / "tritonserver"),
             f"--model-repository={Path(self.repository).resolve()}",
             f"--backend-directory={Path(self.backends).resolve()}",
-            f"--http-address={self.address}",
-            f"--http-port={self.http_port}",
-            f"--grpc-address={self.address}",
-            f"--grpc-port={self.grpc_port}",
-            f"--metrics-address={self.address}",
-            f"--metrics-port={self.metrics_port}",
+            f"--http-address={self.endpoint.address}",
+            f"--http-port={self.endpoint.http}",
+            f"--grpc-address={self.endpoint.address}",
+            f"--grpc-port={self.endpoint.grpc}",
+            f"--metrics-address={self.endpoint.address}",
+            f"--metrics-port={self.endpoint.metrics}",
             f"--http-restricted-api={restriction}",
             f"--grpc-restricted-protocol={restriction}",
             "--model-control-mode=none",
@@ -163,7 +188,7 @@ class LocalServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             output = open(self.log_path, "wb")
@@ -236,7 +261,7 @@ class LocalServer:
             except (OSError, ValueError):
                 continue  # gone, or not ours to read
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         self.start()
         try:
             self.wait_ready()
@@ -247,3 +272,15 @@ class LocalServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def local_server(layout: Layout, repository: Path | None = None, endpoint: Endpoint | None = None,
+                 log_path: Path | None = None) -> LocalServer:
+    """A server (not started) for `repository` (default: the layout's local flavor), with the python
+    backend prepared under the layout, on `endpoint` (default: free loopback ports), logging to `log_path`."""
+    return LocalServer(
+        repository=repository or layout.flavor(SERVED_FLAVOR),
+        backends=prepare_backends(layout.backends),
+        endpoint=endpoint or Endpoint.free(),
+        log_path=log_path,
+    )

@@ -15,33 +15,48 @@ import dataclasses
 import json
 import re
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from google.protobuf import text_format
 
+from client.defaults import ADMIN_KEY_ENV
+from scripts import plan_metadata
 from scripts.config import (
     BYTES_PER_ELEMENT,
-    read_config,
-    CONFIG_FILENAME,
     GENERATED_MARKER,
+    Bundle,
+    ConfigError,
     ModelConfig,
+    is_bundle_preprocessing,
     label_problems,
+    load_bundle,
     model_config_pb2,
+    preprocess_problems,
+    read_config,
+)
+from scripts.constants import (
+    ARTIFACTS,
+    BACKEND_PLATFORM,
+    COMMITTED_FLAVOR,
+    CONFIG_FILENAME,
+    DALI_PIPELINE,
+    GENERATED_FLAVORS,
+    ONNX_MODEL,
+    TENSORRT_PLAN,
+    WARMUP_DIR,
 )
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
-FLAVORS = ("gpu", "cpu", "local")
 MAX_SANE_QUEUE_DELAY_US = 100_000  # 100 ms: beyond this a "batching delay" is a latency bug
 
-# What each backend/platform loads from a version folder, and what produces it in this project.
-ARTIFACTS = {
-    "tensorrt_plan": (("model.plan",), "the engine build on the GPU box (docker compose `builder`)"),
-    "onnxruntime_onnx": (("model.onnx",), "`make build` (ONNX export)"),
-    "dali": (("model.dali", "dali.py"), "`make build` (CPU flavors) or the compose `builder` (gpu flavor)"),
-    "python": (("model.py",), "`make build` (local flavor)"),
+# What produces each platform's artifact in this project.
+PRODUCERS = {
+    "tensorrt_plan": "the engine build on the GPU box (docker compose `builder`)",
+    "onnxruntime_onnx": "`make build` (ONNX export)",
+    "dali": "`make build` (CPU flavors) or the compose `builder` (gpu flavor)",
+    "python": "`make build` (local flavor)",
 }
-BACKEND_PLATFORM = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx", "dali": "dali", "python": "python"}
 # The one-line hint of each finding code (a call may give a more specific one).
 HINTS = {
     "repository-missing": "pass the folder that holds one sub-folder per model",
@@ -73,10 +88,11 @@ HINTS = {
     "warmup-file-missing": "warmup files live in <model>/warmup/",
     "parameter-invalid": "see the comment above the parameter in the committed config",
     "preprocess-output-invalid": "the pipeline decodes RGB and outputs CHW: dims [3, height, width]",
+    "preprocess-signature": "the preprocessing model takes the encoded images and returns the pixels, nothing else",
 }
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
-              7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64",
-              16: "TYPE_BF16"}
+              7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
+              13: "TYPE_UINT64", 16: "TYPE_BF16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +205,7 @@ class Checker:
         self.models: dict[str, Model] = {}
         self.unparsable: set[str] = set()  # reported once, as parse errors
         self.requested_flavor = flavor
-        self.flavor = flavor or "gpu"
+        self.flavor = flavor or COMMITTED_FLAVOR
 
     def add(self, severity: str, code: str, model: Model | str | None, field: str | None, expected, found, hint: str = "",
             line: int | None = None, file: Path | None = None) -> None:
@@ -214,8 +230,8 @@ class Checker:
             try:
                 text = path.read_bytes().decode("utf-8")
             except UnicodeDecodeError as exc:
-                self.add(ERROR, "parse-error", path.parent.name, None, "UTF-8 text", f"undecodable bytes ({exc.reason} at byte {exc.start})",
-                         "save the file as UTF-8", file=path)
+                self.add(ERROR, "parse-error", path.parent.name, None, "UTF-8 text",
+                         f"undecodable bytes ({exc.reason} at byte {exc.start})", "save the file as UTF-8", file=path)
                 self.unparsable.add(path.parent.name)
                 continue
             marker = re.search(GENERATED_MARKER, text)
@@ -253,7 +269,7 @@ class Checker:
             self.add(ERROR, "no-version-folder", model, None, "a numeric version folder, e.g. 1/", "none",
                      f"create {model.directory / '1'}/ (Triton loads no version otherwise)")
         if kind in ARTIFACTS:
-            names, producer = ARTIFACTS[kind]
+            names, producer = ARTIFACTS[kind], PRODUCERS[kind]
             if model.config.default_model_filename:
                 names = (model.config.default_model_filename,)
             for version in model.served_versions():
@@ -274,7 +290,7 @@ class Checker:
 
     @staticmethod
     def _dims_compatible(a: list[int], b: list[int]) -> bool:
-        return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+        return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
 
     @classmethod
     def _shape(cls, config: ModelConfig, tensor) -> tuple[list[int], list[int]]:
@@ -326,7 +342,8 @@ class Checker:
                 for key in mapping:
                     if key not in tensors:
                         self.add(ERROR, "map-key-unknown", model, f"{field}.{kind}_map[{key}]",
-                                 f'an {kind} of "{target.name}": {sorted(tensors)}', f'"{key}"', line=model.line(rf'model_name:\s*"{re.escape(step.model_name)}"', rf'key:\s*"{re.escape(key)}"'))
+                                 f'an {kind} of "{target.name}": {sorted(tensors)}', f'"{key}"',
+                                 line=model.line(rf'model_name:\s*"{re.escape(step.model_name)}"', rf'key:\s*"{re.escape(key)}"'))
             for name, tensor in inputs.items():
                 if name not in step.input_map and not tensor.optional:
                     self.add(ERROR, "input-not-mapped", model, f"{field}.input_map", f'an entry for input "{name}"',
@@ -421,13 +438,13 @@ class Checker:
     # -- 4. artifacts against configs ----------------------------------------------------------
     def artifacts(self, model: Model) -> None:
         for version in model.versions():
-            onnx_file = version / "model.onnx"
+            onnx_file = version / ONNX_MODEL
             if onnx_file.is_file() and model.kind in ("onnxruntime_onnx", "python"):
                 self._onnx(model, onnx_file)
-            if (version / "model.plan").is_file():
-                self._plan_metadata(model, version)
-            if (version / "model.dali").is_file():
-                self._dali(model, version / "model.dali")
+            if (version / TENSORRT_PLAN).is_file():
+                self._plan_metadata(model, version / TENSORRT_PLAN)
+            if (version / DALI_PIPELINE).is_file():
+                self._dali(model, version / DALI_PIPELINE)
 
     def _onnx(self, model: Model, path: Path) -> None:
         import onnx
@@ -451,34 +468,35 @@ class Checker:
                     continue
                 onnx_type = ONNX_TYPES.get(found.type.tensor_type.elem_type, str(found.type.tensor_type.elem_type))
                 if onnx_type != model_config_pb2.DataType.Name(tensor.data_type):
-                    self.add(ERROR, "onnx-mismatch", model, f"{field}.data_type", model_config_pb2.DataType.Name(tensor.data_type),
-                             f"{onnx_type} in {path.name}", line=line)
+                    self.add(ERROR, "onnx-mismatch", model, f"{field}.data_type",
+                             model_config_pb2.DataType.Name(tensor.data_type), f"{onnx_type} in {path.name}", line=line)
                 dims = [d.dim_value if d.HasField("dim_value") else -1 for d in found.type.tensor_type.shape.dim]
                 want = self._shape(model.config, tensor)[1]
                 if not self._dims_compatible(want, dims):
                     self.add(ERROR, "onnx-mismatch", model, f"{field}.dims", f"{want} (batch first)", f"{dims} in {path.name}",
                              line=line)
 
-    def _plan_metadata(self, model: Model, version: Path) -> None:
-        meta_path = version / "model.plan.json"
+    def _plan_metadata(self, model: Model, plan: Path) -> None:
+        meta_path = plan_metadata.path_of(plan)
         if not meta_path.is_file():
-            self.add(WARNING, "plan-metadata-missing", model, f"version {version.name}", f"{meta_path.name} beside model.plan",
-                     "none", "rebuild the engine with this project's engine build: it records the profile it was built with")
+            self.add(WARNING, "plan-metadata-missing", model, f"version {plan.parent.name}",
+                     f"{meta_path.name} beside {plan.name}", "none",
+                     "rebuild the engine with this project's engine build: it records the profile it was built with")
             return
         try:
-            meta = json.loads(meta_path.read_text())
-            profile = meta["profile"]
-            if not isinstance(profile, dict) or not isinstance(meta.get("inputs", {}), dict):
-                raise TypeError("profile and inputs must be JSON objects")
-        except (ValueError, KeyError, TypeError) as exc:
+            meta = plan_metadata.read(plan)
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+            profile, shapes = plan_metadata.profile(meta), plan_metadata.inputs(meta)
+        except ValueError as exc:
             self.add(ERROR, "plan-metadata-unreadable", model, None, "engine metadata with a profile", str(exc), file=meta_path)
             return
-        if int(profile.get("max", 0)) < model.config.max_batch_size:
+        if profile.max < model.config.max_batch_size:
             self.add(ERROR, "plan-profile-too-small", model, "max_batch_size",
-                     f"an optimization profile with max >= {model.config.max_batch_size}", f"max {profile.get('max')}",
+                     f"an optimization profile with max >= {model.config.max_batch_size}", f"max {profile.max}",
                      "rebuild the engine after changing max_batch_size", file=meta_path)
         for tensor in model.config.input:
-            shape = meta.get("inputs", {}).get(tensor.name)
+            shape = shapes.get(tensor.name)
             dims = self._shape(model.config, tensor)[0]
             if shape is not None and list(shape) != dims:
                 self.add(ERROR, "plan-shape-mismatch", model, f"input[{tensor.name}].dims", dims,
@@ -506,8 +524,9 @@ class Checker:
                          "serialize with the DALI of the server (`make build`, or the compose builder)", file=path)
             return
         if pipeline.max_batch_size != model.config.max_batch_size:
-            self.add(WARNING, "dali-batch-mismatch", model, "max_batch_size", f"{model.config.max_batch_size} (the pipeline's batch size)",
-                     pipeline.max_batch_size, "rebuild model.dali after changing max_batch_size", file=path)
+            self.add(WARNING, "dali-batch-mismatch", model, "max_batch_size",
+                     f"{model.config.max_batch_size} (the pipeline's batch size)", pipeline.max_batch_size,
+                     f"rebuild {DALI_PIPELINE} after changing max_batch_size", file=path)
         if pipeline.num_outputs != len(model.config.output):
             self.add(ERROR, "dali-outputs-mismatch", model, "output", f"{pipeline.num_outputs} outputs (as the pipeline)",
                      len(model.config.output), file=path)
@@ -532,7 +551,8 @@ class Checker:
             if count != classes:
                 self.add(ERROR, "labels-count-mismatch", model, f"output[{output.name}].dims",
                          f"{count} classes (the lines of {output.label_filename})", f"dims {list(output.dims)}",
-                         "one label per class, in output order", line=model.line(rf'name:\s*"{re.escape(output.name)}"', r"\bdims\b"))
+                         "one label per class, in output order",
+                         line=model.line(rf'name:\s*"{re.escape(output.name)}"', r"\bdims\b"))
 
     # -- 6. batching and instances -------------------------------------------------------------
     def batching(self, model: Model) -> None:
@@ -540,12 +560,14 @@ class Checker:
         if config.HasField("dynamic_batching"):
             batching = config.dynamic_batching
             if config.max_batch_size <= 0:
-                self.add(WARNING, "batching-without-batch", model, "dynamic_batching", "max_batch_size > 0", config.max_batch_size,
-                         "dynamic batching has no effect on a model that does not batch", line=model.line(r"dynamic_batching"))
+                self.add(WARNING, "batching-without-batch", model, "dynamic_batching", "max_batch_size > 0",
+                         config.max_batch_size, "dynamic batching has no effect on a model that does not batch",
+                         line=model.line(r"dynamic_batching"))
             for size in batching.preferred_batch_size:
                 if size < 1 or size > config.max_batch_size:
                     self.add(ERROR, "preferred-batch-invalid", model, "dynamic_batching.preferred_batch_size",
-                             f"sizes in 1..{config.max_batch_size} (max_batch_size)", size, line=model.line(r"preferred_batch_size"))
+                             f"sizes in 1..{config.max_batch_size} (max_batch_size)", size,
+                             line=model.line(r"preferred_batch_size"))
             if batching.max_queue_delay_microseconds > MAX_SANE_QUEUE_DELAY_US:
                 self.add(WARNING, "queue-delay-high", model, "dynamic_batching.max_queue_delay_microseconds",
                          f"<= {MAX_SANE_QUEUE_DELAY_US} (100 ms)", batching.max_queue_delay_microseconds,
@@ -555,7 +577,7 @@ class Checker:
             if group.count < 0:
                 self.add(ERROR, "instance-count-invalid", model, f"{field}.count", ">= 1", group.count,
                          line=model.nth_line(r"instance_group", r"\bcount\s*:", index))
-            if group.kind == group.KIND_GPU and self.flavor in ("cpu", "local"):
+            if group.kind == group.KIND_GPU and self.flavor in GENERATED_FLAVORS:
                 self.add(ERROR, "gpu-instance-in-cpu-flavor", model, f"{field}.kind", "KIND_CPU", "KIND_GPU",
                          f"the {self.flavor} flavor has no GPU: regenerate it with `make build`",
                          line=model.nth_line(r"instance_group", r"\bkind\s*:", index))
@@ -567,8 +589,9 @@ class Checker:
     def warmup(self, model: Model) -> None:
         config = model.config
         if config.model_warmup and model.kind == "ensemble":
-            self.add(ERROR, "warmup-on-ensemble", model, "model_warmup", "no warmup (ensembles are warmed up through their steps)",
-                     f"{len(config.model_warmup)} warmup entries", line=model.line(r"model_warmup"))
+            self.add(ERROR, "warmup-on-ensemble", model, "model_warmup",
+                     "no warmup (ensembles are warmed up through their steps)", f"{len(config.model_warmup)} warmup entries",
+                     line=model.line(r"model_warmup"))
             return
         inputs = {t.name: t for t in config.input}
         for warmup in config.model_warmup:
@@ -580,11 +603,13 @@ class Checker:
                 field = f"model_warmup[{warmup.name}].inputs[{key}]"
                 tensor = inputs.get(key)
                 if tensor is None:
-                    self.add(ERROR, "warmup-input-unknown", model, field, f"one of the inputs {sorted(inputs)}", f'"{key}"', line=name_line)
+                    self.add(ERROR, "warmup-input-unknown", model, field, f"one of the inputs {sorted(inputs)}", f'"{key}"',
+                             line=name_line)
                     continue
                 if data.data_type != tensor.data_type:
-                    self.add(ERROR, "warmup-dtype-mismatch", model, f"{field}.data_type", model_config_pb2.DataType.Name(tensor.data_type),
-                             model_config_pb2.DataType.Name(data.data_type), line=name_line)
+                    self.add(ERROR, "warmup-dtype-mismatch", model, f"{field}.data_type",
+                             model_config_pb2.DataType.Name(tensor.data_type), model_config_pb2.DataType.Name(data.data_type),
+                             line=name_line)
                 if not self._dims_compatible(list(tensor.dims), list(data.dims)) or any(d < 0 for d in data.dims):
                     self.add(ERROR, "warmup-dims-mismatch", model, f"{field}.dims",
                              f"{list(tensor.dims)} with every -1 made concrete", list(data.dims), line=name_line)
@@ -593,9 +618,10 @@ class Checker:
                     self._warmup_file(model, field, data, name_line)
 
     def _warmup_file(self, model: Model, field: str, data, line: int | None) -> None:
-        sample = model.directory / "warmup" / data.input_data_file
+        sample = model.directory / WARMUP_DIR / data.input_data_file
         if not sample.is_file():
-            self.add(ERROR, "warmup-file-missing", model, f"{field}.input_data_file", f"a file {sample}", "no such file", line=line)
+            self.add(ERROR, "warmup-file-missing", model, f"{field}.input_data_file", f"a file {sample}", "no such file",
+                     line=line)
             return
         type_name = model_config_pb2.DataType.Name(data.data_type)
         if type_name not in BYTES_PER_ELEMENT:
@@ -609,34 +635,15 @@ class Checker:
                      "match the file (for encoded images, dims: [ <file size> ])", line=line)
 
     # -- preprocessing parameters of this bundle -----------------------------------------------
-    def preprocessing_parameters(self, model: Model) -> None:
-        params = model.config.parameters
-        if "resize_shorter" not in params:
+    def preprocessing(self, model: Model) -> None:
+        """This bundle's preprocessing rules (`config.preprocess_problems`), on a model that sets its parameters
+        (other repositories are validated as plain Triton repositories)."""
+        if not is_bundle_preprocessing(model.config):
             return
-        line = model.line(r"resize_shorter")
-        text = params["resize_shorter"].string_value
-        dims = list(model.config.output[0].dims) if model.config.output else []
-        if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < 1:
-            self.add(ERROR, "parameter-invalid", model, "parameters[resize_shorter]", "a positive whole number", f'"{text}"', line=line)
-        elif len(dims) == 3 and int(text) < max(dims[1:]):
-            self.add(ERROR, "parameter-invalid", model, "parameters[resize_shorter]", f">= the crop {dims[1]}x{dims[2]}", text,
-                     "the center crop cannot be larger than the resized image", line=line)
-        if len(dims) != 3 or dims[0] != 3:
-            self.add(ERROR, "preprocess-output-invalid", model, "output.dims", "[3, height, width] (RGB, CHW)", dims,
-                     line=model.line(r"^\s*output", r"\bdims\b"))
-        if "num_threads" in params and not re.fullmatch(r"[0-9]+", params["num_threads"].string_value.strip()):
-            self.add(ERROR, "parameter-invalid", model, "parameters[num_threads]", "a positive whole number",
-                     f'"{params["num_threads"].string_value}"', line=model.line(r"num_threads"))
-        for key in ("mean", "std"):
-            raw = params[key].string_value if key in params else ""
-            try:
-                values = [float(v) for v in raw.split(",")]
-            except ValueError:
-                values = []
-            if len(values) != 3 or (key == "std" and min(values) <= 0):
-                self.add(ERROR, "parameter-invalid", model, f"parameters[{key}]",
-                         "three comma-separated numbers" + (", all > 0" if key == "std" else ""), f'"{raw}"',
-                         line=model.line(rf'"{key}"'))
+        for problem in preprocess_problems(model.config):
+            key = re.fullmatch(r"parameters\[(\w+)\]", problem.field)
+            line = model.line(rf'key:\s*"{key.group(1)}"') if key else model.line(r"^\s*output", r"\bdims\b")
+            self.add(ERROR, problem.code, model, problem.field, problem.expected, problem.found, problem.hint, line=line)
 
     def run(self) -> None:
         self.load()
@@ -649,7 +656,7 @@ class Checker:
             self.labels(model)
             self.batching(model)
             self.warmup(model)
-            self.preprocessing_parameters(model)
+            self.preprocessing(model)
 
 
 def validate(root: Path, flavor: str | None = None, require_artifacts: bool = False, artifacts: bool = True) -> Report:
@@ -660,6 +667,19 @@ def validate(root: Path, flavor: str | None = None, require_artifacts: bool = Fa
     order = {ERROR: 0, WARNING: 1, NOTE: 2}
     findings = sorted(checker.findings, key=lambda f: (order[f.severity], f.file, f.line or 0))
     return Report(str(root), checker.flavor, sorted(checker.models), findings, time.perf_counter() - started)
+
+
+def checked_bundle(root: Path) -> Bundle:
+    """The bundle of `root`, once the validator finds no error in its configs (artifacts aside).
+
+    The build and the CLI start here, so that a broken repository is refused with every mistake
+    listed at once (file, line, hint), not only the first one the reader trips on.
+    """
+    report = validate(root, artifacts=False)
+    if report.errors:
+        details = "\n".join(str(f) for f in report.errors)
+        raise ConfigError(report.errors[0].file, f"{len(report.errors)} error(s) in the model repository:\n{details}")
+    return load_bundle(root)
 
 
 def format_report(report: Report, notes: bool = True) -> Iterable[str]:
@@ -715,7 +735,7 @@ def _differences(model: str, committed, live, prefix: str = "") -> Iterator[Diff
             if len(value) != len(live_value):
                 yield Difference(model, field, f"{len(value)} entries", f"{len(live_value)} entries")
                 continue
-            for index, (mine, theirs) in enumerate(zip(value, live_value)):
+            for index, (mine, theirs) in enumerate(zip(value, live_value, strict=True)):
                 yield from _differences(model, mine, theirs, prefix=f"{field}[{index}].")
         elif descriptor.message_type is not None:
             yield from _differences(model, value, live_value, prefix=f"{field}.")
@@ -739,7 +759,7 @@ def diff_live(root: Path, url: str, headers: dict[str, str] | None = None) -> li
                 live_json = client.get_model_config(name, headers=headers)
             except InferenceServerException as exc:
                 if exc.status() in ("401", "403"):
-                    raise PermissionError(f"{url}: {exc.message()} (pass --admin-key or set TRITON_ADMIN_KEY)") from exc
+                    raise PermissionError(f"{url}: {exc.message()} (pass --admin-key or set {ADMIN_KEY_ENV})") from exc
                 differences.append(Difference(name, "(model)", "present", f"not served: {exc.message()}"))
                 continue
             live = json_format.ParseDict(live_json, ModelConfig(), ignore_unknown_fields=True)

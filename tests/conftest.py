@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from scripts.build import Builder, Layout
+from scripts.build import Builder
 from scripts.config import load_bundle
-from scripts.serve import LocalServer, free_ports, prepare_backends
+from scripts.constants import DEMO_MODEL
+from scripts.layout import Layout
+from scripts.serve import local_server
 
-PROJECT = Path(__file__).resolve().parent.parent
-REPOSITORY = PROJECT / "model_repository"
-BUILD_DIR = PROJECT / "build"
+REPOSITORY = Layout().repository
 
 
 @pytest.fixture(scope="session")
@@ -27,16 +26,15 @@ def built():
 
     $MODEL (the compose `verify` service passes the deployed one) keeps a bring-your-own model's build.
     """
-    layout = Layout(REPOSITORY, BUILD_DIR)
-    Builder(layout, model=os.environ.get("MODEL", "demo"), progress=lambda message: None).run()
+    layout = Layout()
+    Builder(layout, model=os.environ.get("MODEL", DEMO_MODEL), progress=lambda message: None).run()
     return layout
 
 
 @pytest.fixture(scope="session")
 def server(built, tmp_path_factory):
-    http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    with LocalServer(built.flavor("local"), prepare_backends(built.backends), http, grpc, metrics, log_path=log) as running:
+    with local_server(built, log_path=log) as running:
         yield running
 
 
@@ -45,7 +43,7 @@ def heldout(built):
     from scripts.demo import heldout_images
 
     images = heldout_images(built.heldout)
-    if not images and os.environ.get("MODEL", "demo") != "demo":
+    if not images and os.environ.get("MODEL", DEMO_MODEL) != DEMO_MODEL:
         pytest.skip("no held-out images: the deployed model is not the demo model")
     assert images, "the build wrote no held-out images"
     return images

@@ -27,8 +27,9 @@ def test_no_batching_variant_only_drops_dynamic_batching(built, tmp_path):
 
 
 def test_realistic_jpegs_are_640_by_480():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     images = bench.realistic_jpegs(3)
     assert len(set(images)) == 3

@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from scripts import demo, export, intake, repository
-from scripts.build import Builder, Layout
-from scripts.config import CONFIG_FILENAME, load_bundle, read_config
+from scripts import demo, export, intake
+from scripts.build import Builder
+from scripts.config import load_bundle, read_config
+from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL
+from scripts.layout import Layout
 from tests.conftest import REPOSITORY
 
 
@@ -34,6 +36,11 @@ def run_build(repository_dir, build_dir, model):
     return {r.name: r for r in builder.run()}, builder
 
 
+def served_file(layout, model, filename, flavor=LOCAL):
+    """A file the build put in a generated flavor's version folder."""
+    return load_bundle(layout.flavor(flavor)).artifact(model, filename)
+
+
 def digest(path):
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
 
@@ -50,7 +57,8 @@ def user_models(tmp_path_factory, bundle):
     return directory, module
 
 
-@pytest.mark.parametrize(("filename", "kind"), [("scripted.pt", "torchscript"), ("pickled.pth", "pickle"), ("model.onnx", "onnx")])
+@pytest.mark.parametrize(("filename", "kind"),
+                         [("scripted.pt", "torchscript"), ("pickled.pth", "pickle"), ("model.onnx", "onnx")])
 def test_bring_your_own_model(user_models, bundle, tmp_path, filename, kind):
     directory, module = user_models
     before = digest(REPOSITORY)
@@ -62,7 +70,7 @@ def test_bring_your_own_model(user_models, bundle, tmp_path, filename, kind):
         assert results["onnx"].report["max_abs_error"] <= export.TOLERANCE
     # The served ONNX file computes what the user's model computes.
     inputs = builder.verification_inputs()
-    session = ort.InferenceSession(str(builder.layout.flavor("local") / bundle.classifier.model_name / "1" / "model.onnx"))
+    session = ort.InferenceSession(str(served_file(builder.layout, bundle.classifier.model_name, ONNX_MODEL)))
     got = session.run(None, {bundle.classifier.input_name: inputs})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, module(torch.from_numpy(inputs)).numpy(), atol=1e-5)
@@ -123,19 +131,21 @@ def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
         "cpu": {"ensemble": ("ensemble", ""), "preprocess": ("", "dali"), "classifier": ("onnxruntime_onnx", "")},
         "local": {"ensemble": ("ensemble", ""), "preprocess": ("", "python"), "classifier": ("", "python")},
     }
-    roles = {bundle.ensemble.name: "ensemble", bundle.preprocess.model_name: "preprocess", bundle.classifier.model_name: "classifier"}
-    for flavor in repository.FLAVORS:
+    roles = {bundle.ensemble.name: "ensemble", bundle.preprocess.model_name: "preprocess",
+             bundle.classifier.model_name: "classifier"}
+    for flavor in GENERATED_FLAVORS:
         for name, committed in bundle.configs.items():
             generated = read_config(built.flavor(flavor) / name / CONFIG_FILENAME)
             assert (generated.platform, generated.backend) == expected[flavor][roles[name]]
             assert all(group.kind == group.KIND_CPU for group in generated.instance_group)
             # Everything else is as ops wrote it.
-            for field in ("input", "output", "max_batch_size", "dynamic_batching", "model_warmup", "parameters", "ensemble_scheduling"):
+            for field in ("input", "output", "max_batch_size", "dynamic_batching", "model_warmup", "parameters",
+                          "ensemble_scheduling"):
                 assert getattr(generated, field) == getattr(committed, field), (flavor, name, field)
         flavor_bundle = load_bundle(built.flavor(flavor))
         assert flavor_bundle.classifier.labels == bundle.classifier.labels
-        assert (built.flavor(flavor) / bundle.preprocess.model_name / "1" / "model.dali").is_file()
-        assert (built.flavor(flavor) / bundle.classifier.model_name / "1" / "model.onnx").is_file()
+        assert served_file(built, bundle.preprocess.model_name, DALI_PIPELINE, flavor).is_file()
+        assert served_file(built, bundle.classifier.model_name, ONNX_MODEL, flavor).is_file()
 
 
 def test_build_is_idempotent_and_rebuilds_only_what_changed(user_models, bundle, tmp_path):
@@ -156,7 +166,7 @@ def test_build_is_idempotent_and_rebuilds_only_what_changed(user_models, bundle,
     edited, builder = run_build(repo, build_dir, directory / "model.onnx")
     assert {name: r.status for name, r in edited.items() if name != "model"} == {
         "heldout": "up to date", "onnx": "up to date", "dali": "built", "flavors": "built"}
-    generated = read_config(builder.layout.flavor("local") / bundle.preprocess.model_name / CONFIG_FILENAME)
+    generated = read_config(builder.layout.flavor(LOCAL) / bundle.preprocess.model_name / CONFIG_FILENAME)
     assert generated.parameters["num_threads"].string_value == "1"
 
 
@@ -193,17 +203,17 @@ def test_a_rejected_model_never_replaces_the_last_good_one(user_models, bundle, 
     assert builder.layout.onnx.read_bytes() == good
     # Back to the good model: whatever the stamps say, what is served is the good model.
     results, _ = run_build(REPOSITORY, build_dir, directory / "model.onnx")
-    served = builder.layout.flavor("local") / bundle.classifier.model_name / "1" / "model.onnx"
+    served = served_file(builder.layout, bundle.classifier.model_name, ONNX_MODEL)
     assert served.read_bytes() == good
 
 
 def test_a_deleted_output_is_rebuilt(user_models, bundle, tmp_path):
     directory, _ = user_models
     _, builder = run_build(REPOSITORY, tmp_path / "build", directory / "model.onnx")
-    (builder.layout.flavor("local") / bundle.classifier.model_name / "1" / "model.py").unlink()
+    served_file(builder.layout, bundle.classifier.model_name, PYTHON_MODEL).unlink()
     results, _ = run_build(REPOSITORY, tmp_path / "build", directory / "model.onnx")
     assert results["flavors"].status == "built"
-    assert (builder.layout.flavor("local") / bundle.classifier.model_name / "1" / "model.py").is_file()
+    assert served_file(builder.layout, bundle.classifier.model_name, PYTHON_MODEL).is_file()
 
 
 def test_heldout_images_follow_the_labels(tmp_path):
@@ -213,5 +223,5 @@ def test_heldout_images_follow_the_labels(tmp_path):
     builder = Builder(Layout(repo, tmp_path / "build"), progress=lambda m: None)
     stale = builder.layout.heldout / "hexagon"
     stale.mkdir(parents=True)
-    builder.heldout()
+    builder.run(only=("heldout",))
     assert sorted(p.name for p in builder.layout.heldout.iterdir()) == sorted(builder.labels)

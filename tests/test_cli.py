@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
-from tests.conftest import PROJECT
+from scripts.build import STAGES
+from scripts.constants import GENERATED_FLAVORS
+from scripts.layout import PROJECT
 
 
 def run(*args, timeout=300):
@@ -23,10 +26,17 @@ def test_build_json_reports_every_stage(built):
     done = run("build", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert [stage["name"] for stage in report["stages"]] == ["heldout", "model", "onnx", "dali", "flavors"]
+    assert [stage["name"] for stage in report["stages"]] == [stage.name for stage in STAGES]
     assert all(stage["status"] == "up to date" for stage in report["stages"])
-    assert set(report["flavors"]) == {"cpu", "local"}
-    assert "[5/5] flavors: up to date" in done.stderr
+    assert set(report["flavors"]) == set(GENERATED_FLAVORS)
+    assert f"[{len(STAGES)}/{len(STAGES)}] {STAGES[-1].name}: up to date" in done.stderr
+
+
+def test_build_help_lists_every_stage_in_order():
+    done = run("build", "--help")
+    assert done.returncode == 0
+    listed = [line.split()[1] for line in done.stdout.splitlines() if line.strip()[:2].rstrip(".").isdigit()]
+    assert listed == [stage.name for stage in STAGES]
 
 
 def test_missing_model_file_is_a_usage_error(tmp_path):
@@ -45,3 +55,10 @@ def test_broken_config_is_a_usage_error_naming_the_file(tmp_path):
     done = run("build", "--repository", str(repo), "--build-dir", str(tmp_path / "build"))
     assert done.returncode == 2
     assert f"{config}:" in done.stderr and "error [parse-error]" in done.stderr
+
+
+def test_the_readme_lists_the_build_stages_in_order():
+    readme = (PROJECT / "README.md").read_text()
+    section = readme[readme.index("### What the build does"):]
+    section = section[:section.index("\n## ")]
+    assert re.findall(r"^\d+\. \*\*(\w+)\*\*", section, re.M) == [stage.name for stage in STAGES]

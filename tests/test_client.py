@@ -28,8 +28,8 @@ from client import (
 )
 from client.api import parse_prediction, to_client_error
 from client.images import prepare
-from scripts.serve import LocalServer, free_ports, prepare_backends
-from tests.conftest import PROJECT
+from scripts.layout import PROJECT
+from scripts.serve import Endpoint, free_ports, local_server
 
 
 def encode(fmt: str, size=(40, 30)) -> bytes:
@@ -140,7 +140,7 @@ def test_classify_sync_and_async_over_both_protocols(server, heldout, protocol, 
         results = run_async(classify_async(url_of(server, protocol), protocol, images, concurrency=4))
     assert [r.source for r in results] == [str(p) for p in images]
     assert all(r.ok and len(r.predictions) == 2 for r in results)
-    accuracy = np.mean([r.top.label == label for r, (label, _) in zip(results, picks)])
+    accuracy = np.mean([r.top.label == label for r, (label, _) in zip(results, picks, strict=True)])
     assert accuracy >= 0.95
 
 
@@ -205,7 +205,8 @@ def test_a_bad_image_alone_is_reported_as_invalid(server, heldout):
     data = heldout[0][1].read_bytes()
     truncated = data[: len(data) // 2]  # the header survives, half the scan data does not
     with ImageClassifierClient(server.grpc_url) as classifier:
-        with pytest.raises(InvalidImage, match=f"could not be decoded: JPEG image of {len(truncated)} bytes is corrupt or truncated"):
+        reason = f"could not be decoded: JPEG image of {len(truncated)} bytes is corrupt or truncated"
+        with pytest.raises(InvalidImage, match=reason):
             classifier.classify_one(truncated)
 
 
@@ -218,7 +219,8 @@ def test_mixed_good_and_bad_images_every_good_one_is_classified(server, heldout,
     truncated.write_bytes(data[: len(data) // 2])
     not_image = tmp_path / "notes.jpg"
     not_image.write_bytes(b"just text")
-    images = [str(p) for _, p in good[:5]] + [str(truncated)] + [str(p) for _, p in good[5:]] + [str(not_image), str(tmp_path / "gone.jpg")]
+    images = ([str(p) for _, p in good[:5]] + [str(truncated)] + [str(p) for _, p in good[5:]]
+              + [str(not_image), str(tmp_path / "gone.jpg")])
     # Four images per request: the truncated one shares a request with good ones.
     if mode == "sync":
         with ImageClassifierClient(server.grpc_url, images_per_request=4) as classifier:
@@ -236,16 +238,15 @@ def test_mixed_good_and_bad_images_every_good_one_is_classified(server, heldout,
 
 @pytest.mark.integration
 def test_the_client_recovers_from_a_server_restart(built, heldout, tmp_path):
-    http, grpc, metrics = free_ports(3)
+    endpoint = Endpoint.free()
 
     def start():
-        return LocalServer(built.flavor("local"), prepare_backends(built.backends), http, grpc, metrics,
-                           log_path=tmp_path / "server.log").__enter__()
+        return local_server(built, endpoint=endpoint, log_path=tmp_path / "server.log").__enter__()
 
     server = start()
     images = [path for _, path in heldout] * 2
     progress, results = [], []
-    classifier = ImageClassifierClient(f"127.0.0.1:{grpc}", concurrency=2, timeout=120, retries=30)
+    classifier = ImageClassifierClient(endpoint.grpc_url, concurrency=2, timeout=120, retries=30)
     worker = threading.Thread(target=lambda: results.extend(classifier.classify(images, top_k=1, on_result=progress.append)))
     worker.start()
     try:
@@ -262,12 +263,13 @@ def test_the_client_recovers_from_a_server_restart(built, heldout, tmp_path):
         classifier.close()
         server.stop()
     assert killed_at < len(images) - 20, "the server died too late to test anything"
-    stubs = [p for p in Path("/proc").glob("[0-9]*") if (p / "cmdline").exists() and crashed.shm_prefix.encode() in (p / "cmdline").read_bytes()]
+    stubs = [p for p in Path("/proc").glob("[0-9]*")
+             if (p / "cmdline").exists() and crashed.shm_prefix.encode() in (p / "cmdline").read_bytes()]
     assert not stubs, "the crashed server's python backend stubs were left running"
     failures = [r for r in results if not r.ok]
     assert not failures, failures[:3]
     labels = [label for label, _ in heldout] * 2
-    assert np.mean([r.top.label == label for r, label in zip(results, labels)]) >= 0.95
+    assert np.mean([r.top.label == label for r, label in zip(results, labels, strict=True)]) >= 0.95
 
 
 # -- the CLI ---------------------------------------------------------------------------------------

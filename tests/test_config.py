@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 
 import pytest
 
 from scripts.config import ConfigError, load_bundle, read_config, read_labels, write_config
+from scripts.validate import checked_bundle, validate
 from tests.conftest import REPOSITORY
 
 
@@ -55,7 +57,7 @@ def test_load_bundle_refuses_a_repository_that_does_not_validate(repo_copy):
     edit(repo_copy / "image_classifier" / "config.pbtxt", "max_batch_size: 32", "max_batch_size: 64")
     edit(repo_copy / "preprocess" / "config.pbtxt", 'string_value: "0.229,0.224,0.225"', 'string_value: "0,0,0"')
     with pytest.raises(ConfigError) as caught:
-        load_bundle(repo_copy)
+        checked_bundle(repo_copy)
     message = str(caught.value)
     assert "3 error(s) in the model repository" in message  # the batch exceeds both steps
     assert "[ensemble-batch-too-large]" in message and "[parameter-invalid]" in message
@@ -85,3 +87,58 @@ def test_a_parameter_that_is_not_a_number_names_the_parameter(repo_copy):
     edit(repo_copy / "preprocess" / "config.pbtxt", 'string_value: "73"', 'string_value: "73px"')
     with pytest.raises(ConfigError, match=r"parameters\[resize_shorter\]: expected a positive whole number, found \"73px\""):
         load_bundle(repo_copy)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("num_threads", "0", "a positive whole number"),
+    ("num_threads", "two", "a positive whole number"),
+    ("resize_shorter", "-73", "a positive whole number"),
+    ("resize_shorter", "32", ">= the crop 64x64"),
+    ("mean", "0.5,0.5", "three comma-separated numbers"),
+    ("std", "0.2,nan,0.2", "three comma-separated numbers, all > 0"),
+    ("std", "0.2,0,0.2", "three comma-separated numbers, all > 0"),
+])
+def test_one_rule_for_each_preprocessing_parameter(repo_copy, key, value, expected):
+    """The validator and the reader apply the same rule to a parameter, and say the same thing about it."""
+    path = repo_copy / "preprocess" / "config.pbtxt"
+    config = read_config(path)
+    config.parameters[key].string_value = value
+    write_config(config, path)
+    (finding,) = [f for f in validate(repo_copy).errors if f.field == f"parameters[{key}]"]
+    assert finding.expected == expected and finding.found == f'"{value}"'
+    with pytest.raises(ConfigError) as caught:
+        load_bundle(repo_copy)
+    assert f'parameters[{key}]: expected {expected}, found "{value}"' in str(caught.value)
+
+
+def test_a_missing_required_parameter_is_named_by_both(repo_copy):
+    path = repo_copy / "preprocess" / "config.pbtxt"
+    config = read_config(path)
+    del config.parameters["resize_shorter"]
+    write_config(config, path)
+    (finding,) = validate(repo_copy).errors
+    assert (finding.field, finding.found) == ("parameters[resize_shorter]", "nothing (the parameter is missing)")
+    with pytest.raises(ConfigError, match=r"parameters\[resize_shorter\]: expected a positive whole number, found nothing"):
+        load_bundle(repo_copy)
+
+
+def test_num_threads_defaults_to_one_and_reaches_the_serialized_pipeline(repo_copy):
+    """The local flavor runs the pipeline as serialized: the parsed value is the one that runs."""
+    from scripts import preprocess
+    from scripts.dali_runner import synchronous_pipeline
+
+    path = repo_copy / "preprocess" / "config.pbtxt"
+    config = read_config(path)
+    del config.parameters["num_threads"]
+    write_config(config, path)
+    spec = load_bundle(repo_copy).preprocess
+    assert spec.num_threads == 1
+    pipeline = synchronous_pipeline(preprocess.serialize(dataclasses.replace(spec, num_threads=3), "cpu"))
+    assert (pipeline.num_threads, pipeline.max_batch_size) == (3, spec.max_batch_size)
+
+
+def test_the_clients_default_model_is_the_committed_ensemble(bundle):
+    """The client stands alone, so it keeps its own default: it must name the ensemble ops serve."""
+    from client.defaults import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == bundle.ensemble.name

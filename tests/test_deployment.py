@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from scripts.serve import free_ports
-from tests.conftest import PROJECT
+from client.defaults import ADMIN_HEADER, DEFAULT_MODEL
+from scripts.layout import PROJECT
+from scripts.serve import RESTRICTED_APIS
 
 COMPOSE_FILE = PROJECT / "docker-compose.yml"
 PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"},
             "gpu,loadtest": {"builder", "triton", "locust-master", "locust-worker"}}
-RESTRICTED = {"model-repository", "model-config", "shared-memory", "logging", "trace", "statistics"}
 
 
 def compose_binary() -> str:
@@ -148,7 +148,8 @@ def run_entrypoint(tmp_path, key: str | None = KEY, mode: str | None = None, pat
            "PATH": f"{path_dir or fake_tritonserver(tmp_path)}:{os.environ['PATH']}"}
     if mode:
         env["TRITON_MODEL_CONTROL_MODE"] = mode
-    return subprocess.run(["sh", str(PROJECT / "docker" / "serve.sh"), *args], capture_output=True, text=True, env=env, timeout=30)
+    return subprocess.run(["sh", str(PROJECT / "docker" / "serve.sh"), *args], capture_output=True, text=True, env=env,
+                          timeout=30)
 
 
 def test_entrypoint_hardening_flags(tmp_path):
@@ -158,7 +159,8 @@ def test_entrypoint_hardening_flags(tmp_path):
     for option in ("--http-restricted-api", "--grpc-restricted-protocol"):
         value = next(f.split("=", 1)[1] for f in flags if f.startswith(option + "="))
         apis, credential = value.split(":", 1)
-        assert set(apis.split(",")) == RESTRICTED and credential == f"admin-key={KEY}"
+        # The compose entry point restricts what `make serve` restricts (scripts.serve), with the same header.
+        assert set(apis.split(",")) == set(RESTRICTED_APIS) and credential == f"{ADMIN_HEADER}={KEY}"
     assert {"--model-control-mode=none", "--exit-on-error=true", "--strict-readiness=true",
             "--disable-auto-complete-config", "--model-repository=/models"} <= set(flags)
     assert not any(f.startswith("--load-model") for f in flags)
@@ -194,10 +196,10 @@ def test_entrypoint_starts_a_real_tritonserver_with_working_restrictions(built, 
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    from scripts.serve import LocalServer, prepare_backends, server_environment
+    from scripts.serve import local_server, server_environment
 
-    http, grpc, metrics = free_ports(3)
-    server = LocalServer(built.flavor("local"), prepare_backends(built.backends), http, grpc, metrics)
+    server = local_server(built)
+    http, grpc, metrics = server.endpoint.http, server.endpoint.grpc, server.endpoint.metrics
     binary = Path(server.command()[0]).parent
     key_file = tmp_path / "admin_key"
     key_file.write_text(KEY)
@@ -214,8 +216,8 @@ def test_entrypoint_starts_a_real_tritonserver_with_working_restrictions(built, 
         client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
         with pytest.raises(InferenceServerException, match="restricted"):
             client.get_model_repository_index()
-        assert client.get_model_repository_index(headers={"admin-key": KEY})
-        assert client.is_model_ready("image_classifier")
+        assert client.get_model_repository_index(headers={ADMIN_HEADER: KEY})
+        assert client.is_model_ready(DEFAULT_MODEL)
     finally:
         server.stop()
 
@@ -230,6 +232,6 @@ def test_gpu_deployment_classifies_heldout_images(heldout):
 
     with ImageClassifierClient(url) as classifier:
         results = classifier.classify([path for _, path in heldout], top_k=1)
-    accuracy = sum(r.top.label == label for r, (label, _) in zip(results, heldout)) / len(heldout)
+    accuracy = sum(r.top.label == label for r, (label, _) in zip(results, heldout, strict=True)) / len(heldout)
     print(f"GPU deployment at {url}: top-1 accuracy {accuracy:.3f} on {len(heldout)} held-out images")
     assert accuracy >= 0.95

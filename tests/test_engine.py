@@ -9,7 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from scripts import engine
+from scripts import engine, plan_metadata
+from scripts.config import load_bundle
+from scripts.constants import PRECISIONS, TENSORRT_PLAN
 from scripts.validate import validate
 from tests.conftest import REPOSITORY
 
@@ -61,21 +63,22 @@ def test_rebuild_when_an_input_changed(bundle, change, reason):
 
 
 def test_rebuild_without_metadata(bundle):
-    assert engine.stale_reasons(None, target(bundle.classifier)) == ["no engine metadata (first build, or the plan was built elsewhere)"]
+    reasons = engine.stale_reasons(None, target(bundle.classifier))
+    assert reasons == ["no engine metadata (first build, or the plan was built elsewhere)"]
 
 
 def test_metadata_round_trip_is_what_the_validator_reads(bundle, tmp_path):
     repo = tmp_path / "model_repository"
     shutil.copytree(REPOSITORY, repo)
-    plan = repo / bundle.classifier.model_name / "1" / "model.plan"
+    plan = load_bundle(repo).artifact(bundle.classifier.model_name, TENSORRT_PLAN)
     plan.write_bytes(b"engine bytes")
     metadata = target(bundle.classifier).as_metadata(built_at="now")
-    engine.write_metadata(plan, metadata)
-    assert engine.read_metadata(plan) == json.loads(json.dumps(metadata))
+    plan_metadata.write(plan, metadata)
+    assert plan_metadata.read(plan) == json.loads(json.dumps(metadata))
     assert not [f for f in validate(repo).findings if f.model == bundle.classifier.model_name and f.severity != "note"]
 
     small = target(bundle.classifier, profile=engine.Profile(1, 8, 16)).as_metadata()
-    engine.write_metadata(plan, small)
+    plan_metadata.write(plan, small)
     codes = {f.code for f in validate(repo).errors}
     assert "plan-profile-too-small" in codes
 
@@ -116,7 +119,7 @@ def test_trtexec_command_matches_the_profile(bundle, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", engine.PRECISIONS)
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_gpu_engine_builds_passes_its_gate_and_is_skipped_when_fresh(built, bundle, tmp_path, precision):
     from scripts.build import Builder
 

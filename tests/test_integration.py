@@ -17,8 +17,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from client import ImageClassifierClient
+from client.image_formats import SUPPORTED_TEXT
+from scripts.layout import PROJECT
 from scripts.serve import free_ports
-from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,7 @@ def batch_executions(server, model: str) -> dict[int, int]:
 def test_heldout_accuracy_through_the_ensemble(server, heldout, protocol):
     with client_for(server, protocol) as classifier:
         results = classifier.classify([path for _, path in heldout], top_k=1)
-    correct = sum(result.top.label == label for result, (label, _) in zip(results, heldout))
+    correct = sum(result.top.label == label for result, (label, _) in zip(results, heldout, strict=True))
     accuracy = correct / len(heldout)
     print(f"{protocol}: top-1 accuracy {accuracy:.3f} on {len(heldout)} held-out images")
     assert accuracy >= 0.95
@@ -71,7 +72,7 @@ def test_grpc_and_http_return_the_same_predictions(server, heldout):
     with client_for(server, "grpc") as grpc_client, client_for(server, "http") as http_client:
         over_grpc = grpc_client.classify(images, top_k=3)
         over_http = http_client.classify(images, top_k=3)
-    for a, b in zip(over_grpc, over_http):
+    for a, b in zip(over_grpc, over_http, strict=True):
         assert [p.label for p in a.predictions] == [p.label for p in b.predictions]
         assert np.allclose([p.score for p in a.predictions], [p.score for p in b.predictions], atol=1e-6)
 
@@ -94,7 +95,7 @@ def test_several_zero_padded_images_in_one_request(server, bundle, heldout):
     picks = heldout[::50]
     images = [path.read_bytes() for _, path in picks]
     padded = np.zeros((len(images), max(map(len, images))), np.uint8)
-    for row, image in zip(padded, images):
+    for row, image in zip(padded, images, strict=True):
         row[: len(image)] = np.frombuffer(image, np.uint8)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     tensor = grpcclient.InferInput(bundle.preprocess.input_name, list(padded.shape), "UINT8")
@@ -133,10 +134,14 @@ def test_corrupt_image_fails_alone_and_the_server_stays_ready(server, bundle, he
 
 
 @pytest.mark.parametrize(("data", "reason"), [
-    (b"GIF89a" + bytes(32), "GIF images are not supported"),
+    (b"GIF89a" + bytes(32), f"GIF images are not supported (send {SUPPORTED_TEXT})"),
+    (b"GIF87a" + bytes(32), "GIF images are not supported"),
     (b"", "the image is empty (0 bytes)"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR", "PNG image of 16 bytes is corrupt or truncated"),
-], ids=["gif", "empty", "truncated-png"])
+    # A bare JPEG 2000 codestream: the server names it from the same signature table the client uses.
+    (b"\xff\x4f\xff\x51" + bytes(range(1, 29)), "JPEG 2000 image of 32 bytes is corrupt or truncated"),
+    (b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(range(1, 13)), "WebP image of 28 bytes is corrupt or truncated"),
+], ids=["gif89a", "gif87a", "empty", "truncated-png", "j2k-codestream", "truncated-webp"])
 def test_bad_image_error_is_an_invalid_argument_with_the_reason(server, bundle, data, reason):
     client = httpclient.InferenceServerClient(server.http_url)
     tensor = httpclient.InferInput(bundle.preprocess.input_name, [1, len(data)], "UINT8")
@@ -224,7 +229,8 @@ def test_diff_shows_how_the_live_configs_differ(server, built, tmp_path):
     assert len(differences) == 2
 
     command = [sys.executable, "-m", "scripts", "diff", str(edited), "--url", server.http_url]
-    with_key = subprocess.run([*command, f"--admin-key={server.admin_key}"], capture_output=True, text=True, cwd=PROJECT, timeout=60)
+    with_key = subprocess.run([*command, f"--admin-key={server.admin_key}"], capture_output=True, text=True, cwd=PROJECT,
+                              timeout=60)
     assert with_key.returncode == 1 and "committed 2000, live 100" in with_key.stdout
     without_key = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT, timeout=60,
                                  env={k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"})

@@ -11,7 +11,7 @@ import pytest
 
 from loadtest import report
 from loadtest.shapes import users_at
-from tests.conftest import PROJECT
+from scripts.layout import PROJECT
 
 METRICS_BEFORE = """# HELP nv_inference_request_success Number of successful inference requests
 # TYPE nv_inference_request_success counter

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from scripts import preprocess
+from scripts.dali_runner import synchronous_pipeline
 
 # In normalized units (pixel / 255 / std; 0.1 ~= 6 intensity levels). Both resize with an antialiasing
 # triangle filter, but DALI's and PIL's differ at hard edges when downscaling (up to ~25 levels on a
@@ -19,7 +20,7 @@ MAX_ABS_TOLERANCE = 0.5
 
 
 def run_dali(spec, images: list[bytes]) -> np.ndarray:
-    pipeline = preprocess.synchronous_pipeline(preprocess.serialize(spec, "cpu"), spec)
+    pipeline = synchronous_pipeline(preprocess.serialize(spec, "cpu"))
     pipeline.feed_input(spec.input_name, [np.frombuffer(b, np.uint8) for b in images])
     (out,) = pipeline.run()
     return out.as_array()
@@ -96,7 +97,7 @@ def test_gpu_flavor_decodes_with_nvjpeg(bundle):
 @pytest.mark.gpu
 def test_gpu_pipeline_matches_the_reference(bundle, images):
     spec = bundle.preprocess
-    pipeline = preprocess.synchronous_pipeline(preprocess.serialize(spec, "gpu"), spec, device_id=0)
+    pipeline = synchronous_pipeline(preprocess.serialize(spec, "gpu"), device_id=0)
     pipeline.feed_input(spec.input_name, [np.frombuffer(b, np.uint8) for b in images])
     (out,) = pipeline.run()
     reference = np.stack([preprocess.reference(b, spec) for b in images])

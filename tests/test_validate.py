@@ -15,8 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from scripts import preprocess
+from scripts.layout import PROJECT
 from scripts.validate import ERROR, NOTE, WARNING, validate
-from tests.conftest import PROJECT, REPOSITORY
+from tests.conftest import REPOSITORY
 
 
 def edit(path: Path, old: str, new: str) -> None:

@@ -1,7 +1,9 @@
 """Triton python-backend model (local flavor): the classifier's ONNX model run with ONNX Runtime.
 
-Copied to `<classifier>/1/model.py` by the build, beside `model.onnx`. Tensor names come from the
-model config Triton passes in. Requests batched together by Triton run as one ONNX Runtime call.
+Copied to `<classifier>/1/model.py` by the build, beside `model.onnx` and the project's `constants.py`,
+which it imports (Triton's python backend puts the version folder on the import path). Tensor names
+come from the model config Triton passes in. Requests batched together by Triton run as one ONNX
+Runtime call.
 """
 
 import json
@@ -10,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from constants import ONNX_MODEL
 
 
 class TritonPythonModel:
@@ -21,7 +25,7 @@ class TritonPythonModel:
         threads = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value")
         if threads:
             options.intra_op_num_threads = int(threads)
-        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        path = Path(args["model_repository"]) / args["model_version"] / ONNX_MODEL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):

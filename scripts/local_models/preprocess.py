@@ -1,10 +1,11 @@
 """Triton python-backend model (local flavor): the serialized CPU DALI preprocessing pipeline.
 
 Copied to `<preprocess>/1/model.py` by the build, beside `model.dali` (the same pipeline the DALI
-backend runs in the `cpu` flavor). Each row of a request's input is one encoded image; requests
-batched together by Triton run as one pipeline call. Unlike the DALI backend, which fails a whole
-batch when one image is bad, a failed batch is retried request by request so only the request with
-the bad image gets an error.
+backend runs in the `cpu` flavor) and the helpers it imports (`dali_runner.py`, `image_formats.py`,
+`constants.py`: Triton's python backend puts the version folder on the import path). Each row
+of a request's input is one encoded image; requests batched together by Triton run as one pipeline
+call. Unlike the DALI backend, which fails a whole batch when one image is bad, a failed batch is
+retried request by request so only the request with the bad image gets an error.
 """
 
 import json
@@ -12,19 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from nvidia.dali import Pipeline
 
-# Leading bytes of the formats DALI decodes (and of GIF, which it does not), for error messages.
-SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (b"GIF8", "GIF"),
-)
-UNSUPPORTED = {"GIF"}
+from constants import DALI_PIPELINE
+from dali_runner import synchronous_pipeline
+from image_formats import SUPPORTED_TEXT, UNSUPPORTED, image_format
 
 
 def describe(sample: np.ndarray) -> str:
@@ -34,13 +26,11 @@ def describe(sample: np.ndarray) -> str:
     head = sample[:16].tobytes()
     if not len(sample):
         return "the image is empty (0 bytes)"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return f"WebP image of {len(sample)} bytes is corrupt or truncated"
-    for magic, name in SIGNATURES:
-        if head.startswith(magic):
-            if name in UNSUPPORTED:
-                return f"{name} images are not supported (send JPEG, PNG, BMP, TIFF, WebP or JPEG 2000)"
-            return f"{name} image of {len(sample)} bytes is corrupt or truncated"
+    name = image_format(head)
+    if name in UNSUPPORTED:
+        return f"{name} images are not supported (send {SUPPORTED_TEXT})"
+    if name is not None:
+        return f"{name} image of {len(sample)} bytes is corrupt or truncated"
     return f"not a recognized image format (first bytes: {head[:8].hex(' ')}, {len(sample)} bytes)"
 
 
@@ -56,25 +46,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.batch_size = max(1, config["max_batch_size"])
-        threads = config.get("parameters", {}).get("num_threads", {}).get("string_value", "1")
-        self.num_threads = max(1, int(threads))
-        self.serialized = (Path(args["model_repository"]) / args["model_version"] / "model.dali").read_bytes()
-        self.pipeline = self._new_pipeline()
-
-    def _new_pipeline(self):
-        # Synchronous execution: a batch smaller than batch_size must not make DALI peek ahead.
-        pipeline = Pipeline.deserialize(
-            serialized_pipeline=self.serialized,
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            device_id=None,
-            exec_pipelined=False,
-            exec_async=False,
-            prefetch_queue_depth=1,
-        )
-        pipeline.build()
-        return pipeline
+        self.serialized = (Path(args["model_repository"]) / args["model_version"] / DALI_PIPELINE).read_bytes()
+        # The build serialized the pipeline with the config's max_batch_size and num_threads.
+        self.pipeline = synchronous_pipeline(self.serialized)
+        self.batch_size = self.pipeline.max_batch_size
 
     def _run(self, samples):
         """Preprocess a list of 1-D uint8 arrays; returns [len(samples), C, H, W] float32."""
@@ -86,7 +61,7 @@ class TritonPythonModel:
                 (batch,) = self.pipeline.run()
             except Exception:
                 # After an error the DALI pipeline object is unusable.
-                self.pipeline = self._new_pipeline()
+                self.pipeline = synchronous_pipeline(self.serialized)
                 raise
             outputs.append(batch.as_array())
         return np.concatenate(outputs)

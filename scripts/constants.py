@@ -1,0 +1,46 @@
+"""Facts the build, the validator, the server start-up and the tools share, each defined once.
+
+This module imports nothing: the build copies it beside the local flavor's python models.
+
+Wire-level facts (ports, the admin header, the served model's name) belong to the client:
+`client/defaults.py`. Paths belong to `scripts/layout.py`.
+"""
+
+from __future__ import annotations
+
+# -- flavors of the model repository -------------------------------------------------------------
+GPU, CPU, LOCAL = "gpu", "cpu", "local"
+FLAVORS = (GPU, CPU, LOCAL)
+COMMITTED_FLAVOR = GPU  # model_repository/ as ops edit it
+GENERATED_FLAVORS = (CPU, LOCAL)  # derived by the build into build/repos/<flavor>
+SERVED_FLAVOR = LOCAL  # what `make serve` runs on a machine with only Python
+
+# -- the model the build takes -------------------------------------------------------------------
+DEMO_MODEL = "demo"  # train the built-in demo model instead of taking a file
+
+# -- the TensorRT engine -------------------------------------------------------------------------
+FP32, FP16 = "fp32", "fp16"
+PRECISIONS = (FP32, FP16)
+DEFAULT_PRECISION = FP16
+PRECISION_ENV = "TRT_PRECISION"
+
+# -- inside a model repository -------------------------------------------------------------------
+CONFIG_FILENAME = "config.pbtxt"
+VERSION = "1"  # the one version folder the build fills
+WARMUP_DIR = "warmup"  # Triton reads model_warmup input_data_file from <model>/warmup/
+ONNX_MODEL = "model.onnx"
+TENSORRT_PLAN = "model.plan"
+DALI_PIPELINE = "model.dali"
+DALI_SCRIPT = "dali.py"  # the DALI backend's autoserialized alternative to model.dali
+PYTHON_MODEL = "model.py"
+# What each platform (or the platform a backend stands for) loads from a version folder.
+BACKEND_PLATFORM = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx", "dali": "dali", "python": "python"}
+ARTIFACTS = {
+    "tensorrt_plan": (TENSORRT_PLAN,),
+    "onnxruntime_onnx": (ONNX_MODEL,),
+    "dali": (DALI_PIPELINE, DALI_SCRIPT),
+    "python": (PYTHON_MODEL,),
+}
+
+# -- environment the compose builder sets --------------------------------------------------------
+DALI_VERSION_ENV = "DALI_VERSION"  # the DALI of the server, which must serialize its pipeline
