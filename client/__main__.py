@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _client(args) as classifier:
             return {"classify": _classify, "health": _health, "models": _models}[args.command](args, classifier)
-    except (ClientError, ValueError) as exc:  # ValueError: a malformed port in the environment
+    except (ClientError, defaults.EnvironmentValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

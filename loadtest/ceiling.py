@@ -69,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: %(default)s)")
     parser.add_argument("--users", type=int, default=8, help="Locust users and loop threads (default: %(default)s)")
-    parser.add_argument("--image", type=Path, default=load_bundle(Layout().repository).warmup_images[0],
-                        help="the payload (default: %(default)s)")
+    parser.add_argument("--image", type=Path, help="the payload (default: the preprocessing model's warmup image)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
+    if args.image is None:
+        samples = load_bundle(Layout().repository).warmup_images
+        if not samples:
+            parser.error("the committed repository has no warmup image: pass --image")
+        args.image = samples[0]
     print(f"measuring: {args.seconds:g}s per cell, {args.users} users/threads, payload {args.image.stat().st_size} bytes ...",
           file=sys.stderr, flush=True)
     rows = measure(args.seconds, args.users, args.image)

@@ -13,8 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from client.defaults import Endpoint, EnvironmentValueError
 from scripts.layout import PROJECT, Layout
-from scripts.serve import Endpoint, ServerError, local_server
+from scripts.serve import local_server
 
 HERE = Path(__file__).resolve().parent
 
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> int:
     layout = Layout()
     try:
         server = local_server(layout, endpoint=Endpoint.from_env(), log_path=layout.logs / "loadtest-server.log")
-    except ServerError as exc:
+    except EnvironmentValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:

@@ -58,9 +58,10 @@ def add_options(parser):
     group.add_argument("--images-per-request", type=int, default=1, help="images packed in one request (default: %(default)s)")
     group.add_argument("--images-dir", default=str(Layout().heldout),
                        help="folder of images to send, searched recursively (default: the demo's held-out images)")
-    group.add_argument("--triton-grpc", default=defaults.url("grpc"), help="gRPC address (default: %(default)s)")
-    group.add_argument("--triton-http", default=defaults.url("http"), help="HTTP address (default: %(default)s)")
-    group.add_argument("--metrics-url", default=defaults.metrics_url(),
+    served = defaults.Endpoint.from_env()  # the server `make serve` starts
+    group.add_argument("--triton-grpc", default=served.grpc_url, help="gRPC address (default: %(default)s)")
+    group.add_argument("--triton-http", default=served.http_url, help="HTTP address (default: %(default)s)")
+    group.add_argument("--metrics-url", default=served.metrics_url,
                        help="Triton's Prometheus endpoint, scraped at the start and the end (empty: skip; default: %(default)s)")
     group.add_argument("--load-shape", choices=SHAPES, default="steady", help="steady, step or spike (default: %(default)s)")
     group.add_argument("--step-users", type=int, default=2, help="step shape: users added per step (default: %(default)s)")

@@ -46,6 +46,12 @@ def _layout(args: argparse.Namespace) -> Layout:
     return Layout(args.repository, args.build_dir)
 
 
+def _stage_names() -> list[str]:
+    from scripts.build import STAGES
+
+    return [stage.name for stage in STAGES]
+
+
 def _stages_help() -> str:
     from scripts.build import STAGES
 
@@ -67,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                             "ONNX (.onnx), TorchScript, or a pickled torch.nn.Module (torch.save(model))")
     build.add_argument("--flavor", choices=[*GENERATED_FLAVORS, "all"], default="all",
                        help="which repositories to generate (default: all)")
-    build.add_argument("--force", action="store_true", help="rebuild every stage")
+    build.add_argument("--force", action="store_true", help="rebuild every stage (with --only: those stages)")
+    build.add_argument("--only", nargs="+", choices=_stage_names(), metavar="STAGE",
+                       help="run just these stages, on what earlier runs built (default: all, in order)")
     build.add_argument("--json", action="store_true", help="print a JSON summary on stdout (progress goes to stderr)")
 
     ports = "/".join(str(p) for p in defaults.DEFAULT_PORTS.values())
@@ -92,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--strict", action="store_true", help="warnings fail too")
     validate.add_argument("--require-artifacts", action="store_true",
                           help="a missing model.plan/model.onnx/model.dali/model.py is an error (use right before serving)")
+    validate.add_argument("--triton-only", action="store_true",
+                          help="check only what Triton requires, not this bundle's rules (a repository of other models)")
     validate.add_argument("--quiet", action="store_true", help="leave out notes")
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -123,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("repository", nargs="?", type=Path, default=DEFAULT.flavor(SERVED_FLAVOR),
                       help="the repository the server was started on (default: %(default)s)")
     diff.add_argument("--url", default=None,
-                      help=f"server HTTP address (default: the one `make serve` uses, {defaults.url('http')})")
+                      help="server HTTP address (default: the one `make serve` uses, from the same environment)")
     diff.add_argument("--admin-key", default=defaults.admin_key(), help=f"default: ${defaults.ADMIN_KEY_ENV}")
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
     return parser
@@ -194,7 +204,8 @@ def _validate(args: argparse.Namespace) -> int:
     if not args.repository.is_dir():
         print(f"error: {args.repository}: no such folder", file=sys.stderr)
         return EXIT_USAGE
-    report = validate(args.repository, flavor=args.flavor, require_artifacts=args.require_artifacts)
+    report = validate(args.repository, flavor=args.flavor, require_artifacts=args.require_artifacts,
+                      bundle_rules=not args.triton_only)
     if args.json:
         print(report.to_json())
     else:
@@ -211,7 +222,7 @@ def _diff(args: argparse.Namespace) -> int:
     try:
         args.url = args.url or defaults.url("http")
         differences = diff_live(args.repository, args.url, headers)
-    except ValueError as exc:  # a malformed port in the environment
+    except defaults.EnvironmentValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PermissionError as exc:
@@ -239,7 +250,7 @@ def _build(args: argparse.Namespace) -> int:
     try:
         builder = Builder(_layout(args), model=args.model, force=args.force,
                           progress=lambda message: print(message, file=progress_stream, flush=True))
-        results = builder.run(flavors)
+        results = builder.run(flavors, only=tuple(args.only) if args.only else None)
     except (ExportError, BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -269,7 +280,8 @@ def _shell_path(path: Path) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from scripts.serve import Endpoint, ServerError, local_server
+    from client.defaults import Endpoint, EnvironmentValueError
+    from scripts.serve import ServerError, local_server
     from scripts.validate import checked_bundle, validate
 
     layout = _layout(args)
@@ -278,7 +290,7 @@ def _serve(args: argparse.Namespace) -> int:
         bundle = checked_bundle(layout.repository)
         ensemble = bundle.ensemble.name
         server = local_server(layout, repo, Endpoint.from_env(), log_path=args.log_file or layout.logs / "tritonserver.log")
-    except (ConfigError, ServerError) as exc:
+    except (ConfigError, ServerError, EnvironmentValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not (repo / ensemble).is_dir():

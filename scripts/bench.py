@@ -174,7 +174,7 @@ def resnet_repository(target: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(Layout().repository, target)
     bundle = load_bundle(target)
-    (target / bundle.classifier.model_name / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(RESNET_LABELS)))
+    bundle.label_path(bundle.classifier_config).write_text("".join(f"class_{i}\n" for i in range(RESNET_LABELS)))
     for name, config in bundle.configs.items():
         if name == bundle.preprocess.model_name:
             config.output[0].dims[:] = [3, 224, 224]

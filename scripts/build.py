@@ -25,7 +25,7 @@ import numpy as np
 from scripts import config, demo, export, intake, preprocess, repository
 from scripts import validate as validate_module
 from scripts.config import Bundle, ConfigError
-from scripts.constants import DEMO_MODEL, GENERATED_FLAVORS
+from scripts.constants import CPU, DEMO_MODEL, GENERATED_FLAVORS
 from scripts.layout import Layout
 from scripts.validate import checked_bundle, validate
 
@@ -83,6 +83,7 @@ class Skip:
     message: str
     status: str = "skipped"
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    clear_outputs: bool = False  # remove what an earlier run of the stage left: it no longer applies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Stage:
     inputs: Callable[[Builder], dict[str, Any]]  # everything the output depends on (digested into the stamp)
     outputs: Callable[[Builder], list[Path]]
     run: Callable[[Builder], dict[str, Any]]
-    skip: Callable[[Builder], Skip | None] = lambda builder: None
+    skip: Callable[[Builder], Skip | None] = lambda builder: None  # decides only: no side effects
 
 
 @dataclasses.dataclass
@@ -139,6 +140,13 @@ class Builder:
         """Run `stage` unless its stamp says these inputs already made these (unchanged) outputs."""
         skip = stage.skip(self)
         if skip is not None:
+            if skip.clear_outputs:
+                for path in stage.outputs(self):
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
+                (self.layout.stamps / f"{stage.name}.json").unlink(missing_ok=True)
             self.progress(f"{title}: {skip.message}")
             self.results.append(StageResult(stage.name, skip.status, 0.0, skip.report))
             return
@@ -185,8 +193,8 @@ class Builder:
     def heldout_skip(self) -> Skip | None:
         if all(label in demo.SHAPES for label in self.labels):
             return None
-        shutil.rmtree(self.layout.heldout, ignore_errors=True)  # images of other labels would mislead checks
-        return Skip("skipped (the labels are not demo shapes)")
+        # Images of other labels would mislead the checks that read them.
+        return Skip("skipped (the labels are not demo shapes)", clear_outputs=True)
 
     def heldout_inputs(self) -> dict[str, Any]:
         return {"labels": self.labels, "code": source_digest(demo)}
@@ -287,7 +295,7 @@ class Builder:
         import nvidia.dali
 
         self.layout.artifacts.mkdir(parents=True, exist_ok=True)
-        self.layout.dali_cpu.write_bytes(preprocess.serialize(self.bundle.preprocess, "cpu"))
+        self.layout.dali_cpu.write_bytes(preprocess.serialize(self.bundle.preprocess, CPU))
         return {"summary": f"{self.layout.dali_cpu.stat().st_size} bytes, DALI {nvidia.dali.__version__}"}
 
     # -- flavors -------------------------------------------------------------------------------

@@ -165,11 +165,6 @@ class Problem:
 PREPROCESS_PARAMETERS = {"resize_shorter": None, "num_threads": "1", "mean": None, "std": None}
 
 
-def is_bundle_preprocessing(config: ModelConfig) -> bool:
-    """Whether `config` sets a parameter only this bundle's preprocessing has (num_threads is DALI's own)."""
-    return any(key in config.parameters for key, default in PREPROCESS_PARAMETERS.items() if default is None)
-
-
 def _positive_whole(text: str | None) -> int | None:
     return int(text) if text is not None and re.fullmatch(r"\s*[0-9]+\s*", text) and int(text) >= 1 else None
 

@@ -13,6 +13,7 @@ GPU, CPU, LOCAL = "gpu", "cpu", "local"
 FLAVORS = (GPU, CPU, LOCAL)
 COMMITTED_FLAVOR = GPU  # model_repository/ as ops edit it
 GENERATED_FLAVORS = (CPU, LOCAL)  # derived by the build into build/repos/<flavor>
+CPU_ONLY_FLAVORS = (CPU, LOCAL)  # no GPU where they run: KIND_GPU instances cannot load
 SERVED_FLAVOR = LOCAL  # what `make serve` runs on a machine with only Python
 
 # -- the model the build takes -------------------------------------------------------------------

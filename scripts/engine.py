@@ -62,7 +62,7 @@ class Target:
     compute_capability: str
 
     def as_metadata(self, **extra) -> dict:
-        data = dataclasses.asdict(self)
+        data = {key: value for key, value in dataclasses.asdict(self).items() if key != "profile"}
         data["input_dims"] = list(self.input_dims)
         return {**data, **plan_metadata.describe(self.profile, {self.input_name: self.input_dims}), **extra}
 
@@ -77,7 +77,7 @@ def stale_reasons(recorded: dict | None, target: Target) -> list[str]:
         "input_name": "the input tensor name changed",
         "input_dims": "the input dims changed",
         "output_name": "the output tensor name changed",
-        "profile": "the batch profile changed (max_batch_size or preferred_batch_size in the config)",
+        plan_metadata.PROFILE: "the batch profile changed (max_batch_size or preferred_batch_size in the config)",
         "precision": "the precision changed",
         "tensorrt_version": "the TensorRT version changed",
         "gpu_name": "the GPU changed",

@@ -1,7 +1,7 @@
 """Where everything lives: the project, the committed repository, and every path the build writes.
 
 `Layout()` is the project's own checkout; tests and benchmarks make layouts of their own (a copied
-repository, a scratch build folder). Nothing else assembles these paths.
+repository, a scratch build folder). Paths inside a model repository come from `config.Bundle`.
 """
 
 from __future__ import annotations

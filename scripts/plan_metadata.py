@@ -1,8 +1,8 @@
 """The metadata file beside a TensorRT plan (`model.plan.json`).
 
 The engine build writes it (and reads it back to decide whether to rebuild); the validator reads it
-to check the plan against its config without a GPU. The two keys the validator needs are written
-and read only here.
+to check the plan against its config without a GPU. The two keys the validator needs (the profile,
+each input's dims) are written by `describe` and read by `profile` and `inputs`, here only.
 """
 
 from __future__ import annotations
@@ -33,10 +33,18 @@ def describe(profile: Profile, inputs: dict[str, tuple[int, ...]]) -> dict:
     return {PROFILE: dataclasses.asdict(profile), INPUTS: {name: list(dims) for name, dims in inputs.items()}}
 
 
+def load(plan: Path) -> dict:
+    """The metadata beside `plan`; OSError when it cannot be read, ValueError when it is not a JSON object."""
+    metadata = json.loads(path_of(plan).read_text())
+    if not isinstance(metadata, dict):
+        raise ValueError(f"expected a JSON object, found {type(metadata).__name__}")
+    return metadata
+
+
 def read(plan: Path) -> dict | None:
-    """The metadata beside `plan`, or None when it is missing or not JSON."""
+    """The metadata beside `plan`, or None when it is missing or unreadable (the plan is then rebuilt)."""
     try:
-        return json.loads(path_of(plan).read_text())
+        return load(plan)
     except (OSError, ValueError):
         return None
 

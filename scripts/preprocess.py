@@ -13,9 +13,10 @@ import io
 import numpy as np
 
 from scripts.config import PreprocessSpec
+from scripts.constants import CPU, GPU, LOCAL
 
 # DALI decodes on the CPU for these flavors and with nvJPEG (`mixed`: CPU parse, GPU decode) on the GPU.
-DECODE_DEVICE = {"gpu": "mixed", "cpu": "cpu", "local": "cpu"}
+DECODE_DEVICE = {GPU: "mixed", CPU: "cpu", LOCAL: "cpu"}
 
 
 def dali_preprocessing(spec: PreprocessSpec, device: str):
@@ -39,7 +40,7 @@ def dali_preprocessing(spec: PreprocessSpec, device: str):
 
 
 def build_pipeline(spec: PreprocessSpec, flavor: str):
-    """A DALI pipeline for `flavor` ("gpu", "cpu" or "local") with the batch size of the config."""
+    """A DALI pipeline for `flavor` (one of constants.FLAVORS) with the batch size of the config."""
     from nvidia.dali import Pipeline
 
     device = DECODE_DEVICE[flavor]

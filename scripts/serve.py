@@ -2,7 +2,8 @@
 
 `local_server(layout, ...)` is the one way this project starts a server: `make serve`, `make
 loadtest`, the benchmarks and the tests all go through it. `LocalServer` starts the server on an
-`Endpoint`, waits until it is ready (every model loaded and warmed up), and stops it cleanly.
+`Endpoint` (client.defaults), waits until it is ready (every model loaded and warmed up), and stops
+it cleanly.
 Defaults are safe: endpoints bind to 127.0.0.1, no repository polling, and the admin APIs
 (model repository, config, shared memory, logging, trace, statistics) need the `admin-key` header.
 """
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from client import defaults
-from client.defaults import ADMIN_HEADER
+from client.defaults import ADMIN_HEADER, Endpoint
 from scripts.constants import SERVED_FLAVOR
 from scripts.layout import Layout
 
@@ -55,39 +56,9 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-@dataclasses.dataclass(frozen=True)
-class Endpoint:
-    """Where a server listens: one address, three ports."""
-
-    address: str = defaults.DEFAULT_ADDRESS
-    http: int = defaults.DEFAULT_PORTS["http"]
-    grpc: int = defaults.DEFAULT_PORTS["grpc"]
-    metrics: int = defaults.DEFAULT_PORTS["metrics"]
-
-    @classmethod
-    def from_env(cls) -> Endpoint:
-        """Where `make serve` listens: TRITON_ADDRESS and TRITON_{HTTP,GRPC,METRICS}_PORT, else the defaults."""
-        try:
-            return cls(defaults.address(), *(defaults.port(kind) for kind in ("http", "grpc", "metrics")))
-        except ValueError as exc:
-            raise ServerError(str(exc)) from None
-
-    @classmethod
-    def free(cls) -> Endpoint:
-        """Three ports free on the loopback address (tests and benchmarks run beside a dev server)."""
-        return cls(defaults.DEFAULT_ADDRESS, *free_ports(3))
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.address}:{self.http}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.address}:{self.grpc}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.address}:{self.metrics}/metrics"
+def free_endpoint() -> Endpoint:
+    """Three ports free on the loopback address (tests and benchmarks run beside a dev server)."""
+    return Endpoint(defaults.DEFAULT_ADDRESS, *free_ports(3))
 
 
 def prepare_backends(directory: Path) -> Path:
@@ -143,7 +114,7 @@ def _terminate_with_parent() -> None:
 class LocalServer:
     repository: Path
     backends: Path
-    endpoint: Endpoint = Endpoint()
+    endpoint: Endpoint
     admin_key: str = dataclasses.field(default_factory=lambda: defaults.admin_key() or secrets.token_hex(24))
     log_path: Path | None = None
     process: subprocess.Popen | None = None
@@ -189,6 +160,7 @@ class LocalServer:
         ]
 
     def start(self) -> LocalServer:
+        prepare_backends(self.backends)
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             output = open(self.log_path, "wb")
@@ -276,11 +248,11 @@ class LocalServer:
 
 def local_server(layout: Layout, repository: Path | None = None, endpoint: Endpoint | None = None,
                  log_path: Path | None = None) -> LocalServer:
-    """A server (not started) for `repository` (default: the layout's local flavor), with the python
-    backend prepared under the layout, on `endpoint` (default: free loopback ports), logging to `log_path`."""
+    """A server (not started) for `repository` (default: the layout's local flavor), with its backends
+    under the layout, on `endpoint` (default: free loopback ports), logging to `log_path`."""
     return LocalServer(
         repository=repository or layout.flavor(SERVED_FLAVOR),
-        backends=prepare_backends(layout.backends),
-        endpoint=endpoint or Endpoint.free(),
+        backends=layout.backends,
+        endpoint=endpoint or free_endpoint(),
         log_path=log_path,
     )

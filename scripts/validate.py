@@ -28,22 +28,23 @@ from scripts.config import (
     Bundle,
     ConfigError,
     ModelConfig,
-    is_bundle_preprocessing,
     label_problems,
     load_bundle,
     model_config_pb2,
     preprocess_problems,
     read_config,
+    step_consuming,
 )
 from scripts.constants import (
     ARTIFACTS,
     BACKEND_PLATFORM,
     COMMITTED_FLAVOR,
     CONFIG_FILENAME,
+    CPU_ONLY_FLAVORS,
     DALI_PIPELINE,
-    GENERATED_FLAVORS,
     ONNX_MODEL,
     TENSORRT_PLAN,
+    VERSION,
     WARMUP_DIR,
 )
 
@@ -89,6 +90,7 @@ HINTS = {
     "parameter-invalid": "see the comment above the parameter in the committed config",
     "preprocess-output-invalid": "the pipeline decodes RGB and outputs CHW: dims [3, height, width]",
     "preprocess-signature": "the preprocessing model takes the encoded images and returns the pixels, nothing else",
+    "bundle-shape": "the build serves one ensemble: encoded image in, scores out, a preprocessing and a classifier step",
 }
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
               7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
@@ -197,10 +199,11 @@ class Model:
 class Checker:
     """Collects findings for one repository."""
 
-    def __init__(self, root: Path, flavor: str | None, require_artifacts: bool, artifacts: bool):
+    def __init__(self, root: Path, flavor: str | None, require_artifacts: bool, artifacts: bool, bundle_rules: bool):
         self.root = Path(root)
         self.require_artifacts = require_artifacts
         self.check_artifact_contents = artifacts
+        self.bundle_rules = bundle_rules
         self.findings: list[Finding] = []
         self.models: dict[str, Model] = {}
         self.unparsable: set[str] = set()  # reported once, as parse errors
@@ -267,7 +270,7 @@ class Checker:
         versions = model.versions()
         if not versions:
             self.add(ERROR, "no-version-folder", model, None, "a numeric version folder, e.g. 1/", "none",
-                     f"create {model.directory / '1'}/ (Triton loads no version otherwise)")
+                     f"create {model.directory / VERSION}/ (Triton loads no version otherwise)")
         if kind in ARTIFACTS:
             names, producer = ARTIFACTS[kind], PRODUCERS[kind]
             if model.config.default_model_filename:
@@ -484,11 +487,9 @@ class Checker:
                      "rebuild the engine with this project's engine build: it records the profile it was built with")
             return
         try:
-            meta = plan_metadata.read(plan)
-            if not isinstance(meta, dict):
-                raise ValueError("not a JSON object")
+            meta = plan_metadata.load(plan)
             profile, shapes = plan_metadata.profile(meta), plan_metadata.inputs(meta)
-        except ValueError as exc:
+        except (OSError, ValueError) as exc:
             self.add(ERROR, "plan-metadata-unreadable", model, None, "engine metadata with a profile", str(exc), file=meta_path)
             return
         if profile.max < model.config.max_batch_size:
@@ -577,7 +578,7 @@ class Checker:
             if group.count < 0:
                 self.add(ERROR, "instance-count-invalid", model, f"{field}.count", ">= 1", group.count,
                          line=model.nth_line(r"instance_group", r"\bcount\s*:", index))
-            if group.kind == group.KIND_GPU and self.flavor in GENERATED_FLAVORS:
+            if group.kind == group.KIND_GPU and self.flavor in CPU_ONLY_FLAVORS:
                 self.add(ERROR, "gpu-instance-in-cpu-flavor", model, f"{field}.kind", "KIND_CPU", "KIND_GPU",
                          f"the {self.flavor} flavor has no GPU: regenerate it with `make build`",
                          line=model.nth_line(r"instance_group", r"\bkind\s*:", index))
@@ -634,16 +635,26 @@ class Checker:
                      f"{sample.stat().st_size} bytes in {sample.name}", "Triton reads the file as a raw tensor: set dims to "
                      "match the file (for encoded images, dims: [ <file size> ])", line=line)
 
-    # -- preprocessing parameters of this bundle -----------------------------------------------
-    def preprocessing(self, model: Model) -> None:
-        """This bundle's preprocessing rules (`config.preprocess_problems`), on a model that sets its parameters
-        (other repositories are validated as plain Triton repositories)."""
-        if not is_bundle_preprocessing(model.config):
-            return
-        for problem in preprocess_problems(model.config):
-            key = re.fullmatch(r"parameters\[(\w+)\]", problem.field)
-            line = model.line(rf'key:\s*"{key.group(1)}"') if key else model.line(r"^\s*output", r"\bdims\b")
-            self.add(ERROR, problem.code, model, problem.field, problem.expected, problem.found, problem.hint, line=line)
+    # -- this bundle's own rules ----------------------------------------------------------------
+    def bundle(self) -> None:
+        """What the build's reader (`config.load_bundle`) needs beyond Triton, so that a repository that
+        validates is one the build accepts: the preprocessing rules, on the model the ensemble's
+        wiring makes the preprocessing (as the reader finds it), with their lines; then, when nothing
+        else is wrong, whatever else the reader refuses."""
+        for ensemble in (m for m in self.models.values() if m.kind == "ensemble" and len(m.config.input) == 1):
+            step = step_consuming(ensemble.config, ensemble.config.input[0].name)
+            model = self.models.get(step.model_name) if step is not None else None
+            for problem in preprocess_problems(model.config) if model is not None else ():
+                key = re.fullmatch(r"parameters\[(\w+)\]", problem.field)
+                line = model.line(rf'key:\s*"{key.group(1)}"') if key else model.line(r"^\s*output", r"\bdims\b")
+                self.add(ERROR, problem.code, model, problem.field, problem.expected, problem.found, problem.hint, line=line)
+        if self.models and not any(f.severity == ERROR for f in self.findings):
+            try:
+                load_bundle(self.root)
+            except ConfigError as exc:
+                self.add(ERROR, "bundle-shape", exc.path.parent.name if exc.path.name == CONFIG_FILENAME else None,
+                         exc.field, "what the build reads: one ensemble of a preprocessing and a classifier step",
+                         str(exc).removeprefix(f"{exc.path}: "), file=exc.path)
 
     def run(self) -> None:
         self.load()
@@ -656,13 +667,18 @@ class Checker:
             self.labels(model)
             self.batching(model)
             self.warmup(model)
-            self.preprocessing(model)
+        if self.bundle_rules:
+            self.bundle()
 
 
-def validate(root: Path, flavor: str | None = None, require_artifacts: bool = False, artifacts: bool = True) -> Report:
-    """Check every model in `root`. `flavor` defaults to what generated configs declare, else gpu."""
+def validate(root: Path, flavor: str | None = None, require_artifacts: bool = False, artifacts: bool = True,
+             bundle_rules: bool = True) -> Report:
+    """Check every model in `root`. `flavor` defaults to what generated configs declare, else gpu.
+
+    bundle_rules=False checks only what Triton itself requires (a repository that is not this bundle's).
+    """
     started = time.perf_counter()
-    checker = Checker(root, flavor, require_artifacts, artifacts)
+    checker = Checker(root, flavor, require_artifacts, artifacts, bundle_rules)
     checker.run()
     order = {ERROR: 0, WARNING: 1, NOTE: 2}
     findings = sorted(checker.findings, key=lambda f: (order[f.severity], f.file, f.line or 0))

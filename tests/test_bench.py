@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from scripts import bench
 from scripts.config import load_bundle, read_config
+from scripts.constants import CONFIG_FILENAME, LOCAL
 from scripts.validate import validate
 
 
@@ -15,11 +16,11 @@ def test_resnet_variant_is_a_valid_224_pixel_1000_class_bundle(tmp_path):
     assert validate(repo).ok(strict=True)
 
 
-def test_no_batching_variant_only_drops_dynamic_batching(built, tmp_path):
-    variant = bench.without_batching(built.flavor("local"), tmp_path / "variant")
-    for name in ("preprocess", "classifier", "image_classifier"):
-        original = read_config(built.flavor("local") / name / "config.pbtxt")
-        changed = read_config(variant / name / "config.pbtxt")
+def test_no_batching_variant_only_drops_dynamic_batching(built, bundle, tmp_path):
+    variant = bench.without_batching(built.flavor(LOCAL), tmp_path / "variant")
+    for name in bundle.configs:
+        original = read_config(built.flavor(LOCAL) / name / CONFIG_FILENAME)
+        changed = read_config(variant / name / CONFIG_FILENAME)
         assert not changed.HasField("dynamic_batching")
         original.ClearField("dynamic_batching")
         assert changed == original

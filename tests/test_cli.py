@@ -10,6 +10,7 @@ import sys
 from scripts.build import STAGES
 from scripts.constants import GENERATED_FLAVORS
 from scripts.layout import PROJECT
+from tests.conftest import REPOSITORY
 
 
 def run(*args, timeout=300):
@@ -49,7 +50,7 @@ def test_broken_config_is_a_usage_error_naming_the_file(tmp_path):
     import shutil
 
     repo = tmp_path / "model_repository"
-    shutil.copytree(PROJECT / "model_repository", repo)
+    shutil.copytree(REPOSITORY, repo)
     config = repo / "classifier" / "config.pbtxt"
     config.write_text(config.read_text().replace("dims: [ 6 ]", "dims: [ 6 "))
     done = run("build", "--repository", str(repo), "--build-dir", str(tmp_path / "build"))

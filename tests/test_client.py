@@ -29,7 +29,7 @@ from client import (
 from client.api import parse_prediction, to_client_error
 from client.images import prepare
 from scripts.layout import PROJECT
-from scripts.serve import Endpoint, free_ports, local_server
+from scripts.serve import free_endpoint, free_ports, local_server
 
 
 def encode(fmt: str, size=(40, 30)) -> bytes:
@@ -238,7 +238,7 @@ def test_mixed_good_and_bad_images_every_good_one_is_classified(server, heldout,
 
 @pytest.mark.integration
 def test_the_client_recovers_from_a_server_restart(built, heldout, tmp_path):
-    endpoint = Endpoint.free()
+    endpoint = free_endpoint()
 
     def start():
         return local_server(built, endpoint=endpoint, log_path=tmp_path / "server.log").__enter__()

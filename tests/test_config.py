@@ -53,7 +53,7 @@ def test_a_syntax_error_names_file_and_line(repo_copy):
     assert re.search(rf"{re.escape(str(path))}: not a valid Triton model config: \d+:\d+ : .*max_batch_sise", str(caught.value))
 
 
-def test_load_bundle_refuses_a_repository_that_does_not_validate(repo_copy):
+def test_checked_bundle_refuses_a_repository_that_does_not_validate_listing_every_error(repo_copy):
     edit(repo_copy / "image_classifier" / "config.pbtxt", "max_batch_size: 32", "max_batch_size: 64")
     edit(repo_copy / "preprocess" / "config.pbtxt", 'string_value: "0.229,0.224,0.225"', 'string_value: "0,0,0"')
     with pytest.raises(ConfigError) as caught:
@@ -142,3 +142,24 @@ def test_the_clients_default_model_is_the_committed_ensemble(bundle):
     from client.defaults import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == bundle.ensemble.name
+
+
+def test_the_validator_reports_what_the_reader_refuses(repo_copy):
+    """validate() clean means the build can read the repository: no rule lives only in the reader."""
+    path = repo_copy / "preprocess" / "config.pbtxt"
+    config = read_config(path)
+    for key in ("resize_shorter", "mean", "std"):
+        del config.parameters[key]
+    write_config(config, path)
+    fields = {f.field for f in validate(repo_copy).errors if f.model == "preprocess"}
+    assert fields == {"parameters[resize_shorter]", "parameters[mean]", "parameters[std]"}
+    with pytest.raises(ConfigError):
+        load_bundle(repo_copy)
+
+
+def test_a_repository_the_build_cannot_serve_is_a_finding(repo_copy):
+    shutil.copytree(repo_copy / "image_classifier", repo_copy / "image_classifier_2")
+    edit(repo_copy / "image_classifier_2" / "config.pbtxt", 'name: "image_classifier"', 'name: "image_classifier_2"')
+    (finding,) = validate(repo_copy).errors
+    assert finding.code == "bundle-shape" and "expected exactly one ensemble model, found 2" in finding.found
+    assert validate(repo_copy, bundle_rules=False).ok()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from client.defaults import ADMIN_HEADER, DEFAULT_MODEL
+from scripts.constants import LOCAL
 from scripts.layout import PROJECT
 from scripts.serve import RESTRICTED_APIS
 
@@ -196,14 +197,15 @@ def test_entrypoint_starts_a_real_tritonserver_with_working_restrictions(built, 
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    from scripts.serve import local_server, server_environment
+    from scripts.serve import local_server, prepare_backends, server_environment
 
     server = local_server(built)
+    prepare_backends(server.backends)
     http, grpc, metrics = server.endpoint.http, server.endpoint.grpc, server.endpoint.metrics
     binary = Path(server.command()[0]).parent
     key_file = tmp_path / "admin_key"
     key_file.write_text(KEY)
-    env = {**server_environment(), "TRITON_ADMIN_KEY_FILE": str(key_file), "TRITON_MODEL_REPOSITORY": str(built.flavor("local")),
+    env = {**server_environment(), "TRITON_ADMIN_KEY_FILE": str(key_file), "TRITON_MODEL_REPOSITORY": str(built.flavor(LOCAL)),
            "PATH": f"{binary}:{server_environment()['PATH']}"}
     extra = [f"--backend-directory={built.backends.resolve()}", f"--http-port={http}", f"--grpc-port={grpc}",
              f"--metrics-port={metrics}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",

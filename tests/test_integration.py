@@ -18,8 +18,10 @@ from tritonclient.utils import InferenceServerException
 
 from client import ImageClassifierClient
 from client.image_formats import SUPPORTED_TEXT
+from scripts.constants import LOCAL
 from scripts.layout import PROJECT
 from scripts.serve import free_ports
+from tests.conftest import REPOSITORY
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +34,7 @@ def client_for(server, protocol):
 def server_model(server):
     from scripts.config import load_bundle
 
-    return load_bundle(PROJECT / "model_repository").ensemble.name
+    return load_bundle(REPOSITORY).ensemble.name
 
 
 def raw_scores(server, bundle, image: bytes) -> np.ndarray:
@@ -217,9 +219,9 @@ def test_server_does_not_outlive_a_killed_serve_command(built):
 def test_diff_shows_how_the_live_configs_differ(server, built, tmp_path):
     from scripts.validate import diff_live
 
-    assert diff_live(built.flavor("local"), server.http_url, server.admin_headers) == []
+    assert diff_live(built.flavor(LOCAL), server.http_url, server.admin_headers) == []
     edited = tmp_path / "local"
-    shutil.copytree(built.flavor("local"), edited)
+    shutil.copytree(built.flavor(LOCAL), edited)
     config = edited / "preprocess" / "config.pbtxt"
     config.write_text(config.read_text().replace("max_queue_delay_microseconds: 100", "max_queue_delay_microseconds: 2000"))
     shutil.copytree(edited / "preprocess", edited / "resize")
