@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= demo
-EXTRAS ?= build,dali,local,client,loadtest,bench,test
+FLAVOR ?= local
+EXTRAS ?= build,dali,local,backends,client,loadtest,bench,test
 comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 REPO ?= model_repository
+# Source archives of Triton's backends, for machines that cannot reach GitHub: the development machines
+# keep them beside the checkout (../shared/vendor/triton-backends). Unset: the build clones them.
+export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends))
 
-.PHONY: help install build serve validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
+.PHONY: help install build backends serve validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,8 +29,11 @@ install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,dal
 build: install  ## build artifacts and the cpu/local repositories (MODEL=demo or a model file)
 	$(PY) -m scripts build --model '$(MODEL)'
 
-serve: build  ## build, then serve the local flavor on TRITON_{HTTP,GRPC,METRICS}_PORT (default 8000/8001/8002)
-	$(PY) -m scripts serve
+backends: install  ## compile Triton's DALI and ONNX Runtime backends for the cpu flavor (needs g++, make, patch, rapidjson-dev)
+	$(PY) -m scripts build --only backends
+
+serve: build $(if $(filter cpu,$(FLAVOR)),backends)  ## build, then serve FLAVOR=local (default) or cpu on TRITON_{HTTP,GRPC,METRICS}_PORT
+	$(PY) -m scripts serve --flavor $(FLAVOR)
 
 validate: install  ## check a model repository (REPO=model_repository, or build/repos/cpu, build/repos/local)
 	$(PY) -m scripts validate '$(REPO)'

@@ -31,7 +31,7 @@ NAMES = ("IMAGE", "ECHO")
 
 def plain_loop(protocol: str, url: str, image, seconds: float, threads: int) -> float:
     """Requests/s of `threads` threads, each with its own tritonclient client, sending back to back."""
-    return closed_loop(protocol, url, "identity", NAMES, [image], threads, seconds, top_k=0)[0]
+    return closed_loop(protocol, url, "identity", NAMES, [image], threads, seconds, top_k=0).requests_per_s
 
 
 def locust_run(user: str, server: LocalServer, images_dir: Path, seconds: float, users: int, workdir: Path) -> dict:

@@ -7,6 +7,7 @@ with the same loop.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -15,14 +16,26 @@ from client.api import build_request, triton_module
 from client.images import PreparedImage
 
 
-def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], images: Sequence[PreparedImage], concurrency: int,
-                seconds: float, top_k: int = 1) -> tuple[float, list[float]]:
-    """`concurrency` threads, one client each, one image (PreparedImage) per request, back to back.
+@dataclasses.dataclass(frozen=True)
+class LoopResult:
+    requests_per_s: float  # answered requests (failures excluded) per second of the run
+    latencies_ms: list[float]  # of the answered requests
+    failures: int
+    first_failure: str | None  # what the server said, to put in a report
 
-    Returns (requests/s, latencies in ms). top_k 0 asks for the raw output.
+
+def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], images: Sequence[PreparedImage], concurrency: int,
+                seconds: float, top_k: int = 1) -> LoopResult:
+    """`concurrency` threads, one client each, one image per request, back to back, for `seconds`.
+
+    A failed request is counted and the loop goes on (a load test must outlive the errors it
+    measures). top_k 0 asks for the raw output.
     """
+    from tritonclient.utils import InferenceServerException
+
     module = triton_module(protocol, aio=False)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    failures: list[str] = []
     deadline = time.monotonic() + seconds
 
     def worker(index: int) -> None:
@@ -31,8 +44,11 @@ def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], ima
         while time.monotonic() < deadline:
             inputs, outputs = build_request(module, names, [images[n % len(images)]], top_k)
             began = time.perf_counter()
-            client.infer(model, inputs, outputs=outputs)
-            latencies[index].append((time.perf_counter() - began) * 1000)
+            try:
+                client.infer(model, inputs, outputs=outputs)
+                latencies[index].append((time.perf_counter() - began) * 1000)
+            except InferenceServerException as exc:
+                failures.append(str(exc))
             n += concurrency
         client.close()
 
@@ -43,4 +59,4 @@ def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], ima
     for thread in threads:
         thread.join()
     flat = [value for values in latencies for value in values]
-    return len(flat) / (time.monotonic() - started), flat
+    return LoopResult(len(flat) / (time.monotonic() - started), flat, len(failures), failures[0] if failures else None)

@@ -55,8 +55,9 @@ def _stage_names() -> list[str]:
 def _stages_help() -> str:
     from scripts.build import STAGES
 
-    return "Stages, each skipped when its inputs did not change:\n" + "\n".join(
-        f"  {number}. {stage.name:<9} {stage.does}" for number, stage in enumerate(STAGES, start=1))
+    lines = [f"  {number}. {stage.name:<9} {stage.does}" + (" *" if stage.on_request else "")
+             for number, stage in enumerate(STAGES, start=1)]
+    return "Stages, each skipped when its inputs did not change (* only on request):\n" + "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild every stage (with --only: those stages)")
     build.add_argument("--only", nargs="+", choices=_stage_names(), metavar="STAGE",
                        help="run just these stages, on what earlier runs built (default: all, in order)")
+    build.add_argument("--with", dest="also", nargs="+", choices=_stage_names(), metavar="STAGE", default=[],
+                       help="also run these on-request stages (backends: what `make backends` builds)")
     build.add_argument("--json", action="store_true", help="print a JSON summary on stdout (progress goes to stderr)")
 
     ports = "/".join(str(p) for p in defaults.DEFAULT_PORTS.values())
@@ -86,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                                             f"Admin APIs need the header {defaults.ADMIN_HEADER}: "
                                             f"${defaults.ADMIN_KEY_ENV} (random when unset).")
     _add_layout_options(serve)
-    serve.add_argument("--flavor-repository", type=Path, default=None,
-                       help="the repository to serve (default: <build-dir>/repos/local)")
+    serve.add_argument("--flavor", choices=GENERATED_FLAVORS, default=SERVED_FLAVOR,
+                       help=f"which generated repository to serve (default: %(default)s; {CPU}: Triton's DALI and ONNX "
+                            "Runtime backends, built by `make backends`)")
     serve.add_argument("--log-file", type=Path, default=None,
                        help="server log (default: <build-dir>/logs/tritonserver.log)")
     validate = commands.add_parser("validate", help="check a model repository's configs and artifacts",
@@ -241,6 +245,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from scripts.backends import BackendBuildError
     from scripts.build import Builder, BuildError
     from scripts.export import ExportError
     from scripts.intake import IntakeError
@@ -250,8 +255,8 @@ def _build(args: argparse.Namespace) -> int:
     try:
         builder = Builder(_layout(args), model=args.model, force=args.force,
                           progress=lambda message: print(message, file=progress_stream, flush=True))
-        results = builder.run(flavors, only=tuple(args.only) if args.only else None)
-    except (ExportError, BuildError) as exc:
+        results = builder.run(flavors, only=tuple(args.only) if args.only else None, also=tuple(args.also))
+    except (ExportError, BuildError, BackendBuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (ConfigError, IntakeError) as exc:
@@ -285,7 +290,7 @@ def _serve(args: argparse.Namespace) -> int:
     from scripts.validate import checked_bundle, validate
 
     layout = _layout(args)
-    repo = args.flavor_repository or layout.flavor(SERVED_FLAVOR)
+    repo = layout.flavor(args.flavor)
     try:
         bundle = checked_bundle(layout.repository)
         ensemble = bundle.ensemble.name

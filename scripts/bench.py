@@ -2,7 +2,8 @@
 
 For the demo model and a ResNet-50-sized classifier (random weights, 224x224), on 640x480 JPEGs:
 1. in-process baseline: the same CPU DALI pipeline and ONNX Runtime session in one process, per batch size;
-2. served: the ensemble through the real local Triton, gRPC and HTTP, at several concurrencies;
+2. served: the ensemble through the real local Triton, in the local flavor and (where `make backends`
+   builds) the cpu flavor, gRPC and HTTP, at several concurrencies;
 3. dynamic batching off (a config variant generated in code) vs on;
 4. stage costs from Triton's statistics API (preprocessing, model, ensemble);
 5. the full local build from scratch (demo model).
@@ -26,9 +27,10 @@ import numpy as np
 
 from loadtest.loop import closed_loop
 from scripts import demo, export
+from scripts.backends import BackendBuildError
 from scripts.build import Builder
 from scripts.config import load_bundle, read_config, write_config
-from scripts.constants import CONFIG_FILENAME, DEMO_MODEL, LOCAL
+from scripts.constants import CONFIG_FILENAME, CPU, DEMO_MODEL, GENERATED_FLAVORS, LOCAL
 from scripts.dali_runner import synchronous_pipeline
 from scripts.layout import Layout
 from scripts.serve import LocalServer, local_server
@@ -40,6 +42,7 @@ RESNET_LABELS = 1000
 @dataclasses.dataclass
 class Row:
     model: str
+    flavor: str  # "local", "cpu"; "-" in process
     mode: str  # "in-process", "served", "served, no batching"
     protocol: str
     concurrency: int  # batch size for in-process
@@ -47,6 +50,7 @@ class Row:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    failures: int = 0
 
 
 def realistic_jpegs(count: int) -> list[bytes]:
@@ -89,7 +93,7 @@ def in_process(model: str, layout: Layout, images: list[bytes], seconds: float) 
             latencies.append((time.perf_counter() - began) * 1000)
             done += batch
         rate = done / (time.perf_counter() - start)
-        rows.append(Row(model, "in-process", "-", batch, rate, *percentiles(latencies)))
+        rows.append(Row(model, "-", "in-process", "-", batch, rate, *percentiles(latencies)))
     return rows
 
 
@@ -110,21 +114,23 @@ def stage_costs(server: LocalServer, names: list[str]) -> dict[str, float]:
     return costs
 
 
-def served(model: str, layout: Layout, repo: Path, images: list[bytes], concurrencies: list[int], seconds: float,
-           mode: str, protocols: tuple[str, ...]) -> tuple[list[Row], dict[str, float]]:
+def served(model: str, flavor: str, serving: Layout, repo: Path, images: list[bytes], concurrencies: list[int],
+           seconds: float, mode: str, protocols: tuple[str, ...]) -> tuple[list[Row], dict[str, float]]:
+    """The ensemble of `repo` on a local server (`serving`'s backends), with the same loop for every flavor."""
     from client.images import PreparedImage
 
     bundle = load_bundle(repo)
     names = (bundle.preprocess.input_name, bundle.classifier.output_name)
     prepared = [PreparedImage(f"#{i}", data, "JPEG", *IMAGE_SIZE) for i, data in enumerate(images)]
     rows = []
-    with tempfile.TemporaryDirectory() as scratch, local_server(layout, repo, log_path=Path(scratch) / "server.log") as server:
+    with tempfile.TemporaryDirectory() as scratch, local_server(serving, repo, log_path=Path(scratch) / "server.log") as server:
         for protocol in protocols:
             url = server.grpc_url if protocol == "grpc" else server.http_url
             closed_loop(protocol, url, bundle.ensemble.name, names, prepared, 2, 1.0)  # warm the connections
             for concurrency in concurrencies:
-                rate, latencies = closed_loop(protocol, url, bundle.ensemble.name, names, prepared, concurrency, seconds)
-                rows.append(Row(model, mode, protocol, concurrency, rate, *percentiles(latencies)))
+                run = closed_loop(protocol, url, bundle.ensemble.name, names, prepared, concurrency, seconds)
+                rows.append(Row(model, flavor, mode, protocol, concurrency, run.requests_per_s, *percentiles(run.latencies_ms),
+                                run.failures))
         costs = stage_costs(server, [bundle.preprocess.model_name, bundle.classifier.model_name, bundle.ensemble.name])
     return rows, costs
 
@@ -192,7 +198,7 @@ def resnet_repository(target: Path) -> Path:
 
 def prepare_models(models: list[str], progress) -> dict[str, Layout]:
     layouts = {DEMO_MODEL: Layout()}
-    Builder(layouts[DEMO_MODEL], progress=lambda m: None).run((LOCAL,))
+    Builder(layouts[DEMO_MODEL], progress=lambda m: None).run()
     if "resnet50" not in models:
         return layouts
     resnet_dir = layouts[DEMO_MODEL].bench / "resnet50"
@@ -201,9 +207,21 @@ def prepare_models(models: list[str], progress) -> dict[str, Layout]:
     if not onnx_file.exists():
         progress("exporting the ResNet-50-sized model ...")
         export.export(resnet50(RESNET_LABELS), load_bundle(layout.repository).classifier, onnx_file)
-    Builder(layout, model=str(onnx_file), progress=lambda m: None).run((LOCAL,))
+    Builder(layout, model=str(onnx_file), progress=lambda m: None).run()
     layouts["resnet50"] = layout
     return layouts
+
+
+def available_flavors(flavors: list[str], serving: Layout, progress) -> list[str]:
+    """The flavors this machine can serve: the cpu flavor needs Triton's backends built (`make backends`)."""
+    if CPU not in flavors:
+        return flavors
+    try:
+        Builder(serving, progress=lambda m: None).run(only=("backends",))
+    except BackendBuildError as exc:
+        progress(f"leaving out the cpu flavor: {exc}")
+        return [flavor for flavor in flavors if flavor != CPU]
+    return flavors
 
 
 def build_from_scratch() -> float:
@@ -221,9 +239,9 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in sorted({(r.model, r.mode, r.protocol) for r in rows if r.mode != "in-process"}):
-        points = sorted((r.concurrency, r.images_per_s, r.p95_ms) for r in rows if (r.model, r.mode, r.protocol) == key)
-        label = f"{key[0]} {key[2]}" + (" (no batching)" if "no batching" in key[1] else "")
+    for key in sorted({(r.model, r.flavor, r.mode, r.protocol) for r in rows if r.mode != "in-process"}):
+        points = sorted((r.concurrency, r.images_per_s, r.p95_ms) for r in rows if (r.model, r.flavor, r.mode, r.protocol) == key)
+        label = f"{key[0]} {key[1]} {key[3]}" + (" (no batching)" if "no batching" in key[2] else "")
         throughput.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         latency.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
     for axis, title in ((throughput, "images/s"), (latency, "p95 latency (ms)")):
@@ -246,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-build-time", action="store_true", help="do not time a build from scratch")
     parser.add_argument("--models", nargs="+", choices=[DEMO_MODEL, "resnet50"], default=[DEMO_MODEL, "resnet50"],
                         help="default: both")
+    parser.add_argument("--flavors", nargs="+", choices=GENERATED_FLAVORS, default=list(GENERATED_FLAVORS),
+                        help="served flavors (default: both; cpu builds Triton's backends first, or is left out when "
+                             "this machine cannot)")
     args = parser.parse_args(argv)
 
     def progress(message: str) -> None:
@@ -256,18 +277,22 @@ def main(argv: list[str] | None = None) -> int:
     images = realistic_jpegs(args.images)
     progress("building the demo and the ResNet-50-sized repositories ...")
     layouts = prepare_models(args.models, progress)
+    serving = layouts[DEMO_MODEL]  # one backend directory serves every model's repositories
+    flavors = available_flavors(args.flavors, serving, progress)
     rows: list[Row] = []
-    costs: dict[str, dict[str, float]] = {}
+    costs: dict[tuple[str, str], dict[str, float]] = {}
     for model, layout in layouts.items():
         progress(f"{model}: in process ...")
         rows += in_process(model, layout, images, args.seconds)
-        progress(f"{model}: served ...")
-        served_rows, costs[model] = served(model, layout, layout.flavor(LOCAL), images, args.concurrency, args.seconds,
-                                           "served", ("grpc", "http"))
-        rows += served_rows
-        progress(f"{model}: served without dynamic batching ...")
-        variant = without_batching(layout.flavor(LOCAL), results / f"{model}-no-batching")
-        rows += served(model, layout, variant, images, args.concurrency, args.seconds, "served, no batching", ("grpc",))[0]
+        for flavor in flavors:
+            progress(f"{model}: served, {flavor} flavor ...")
+            served_rows, costs[model, flavor] = served(model, flavor, serving, layout.flavor(flavor), images, args.concurrency,
+                                                       args.seconds, "served", ("grpc", "http"))
+            rows += served_rows
+            progress(f"{model}: served, {flavor} flavor, without dynamic batching ...")
+            variant = without_batching(layout.flavor(flavor), results / f"{model}-{flavor}-no-batching")
+            rows += served(model, flavor, serving, variant, images, args.concurrency, args.seconds, "served, no batching",
+                           ("grpc",))[0]
     build_s = float("nan") if args.skip_build_time else build_from_scratch()
 
     with open(results / "results.csv", "w", newline="") as handle:
@@ -276,18 +301,23 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(dataclasses.asdict(r) for r in rows)
     plot(rows, results / "throughput_latency.png")
 
-    print(f"{'model':<9} {'mode':<20} {'proto':<5} {'conc/batch':>10} {'images/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    print(f"{'model':<9} {'flavor':<6} {'mode':<20} {'proto':<5} {'conc/batch':>10} {'images/s':>9} {'p50 ms':>8} "
+          f"{'p95 ms':>8} {'p99 ms':>8} {'failed':>6}")
     for r in rows:
-        print(f"{r.model:<9} {r.mode:<20} {r.protocol:<5} {r.concurrency:>10} {r.images_per_s:>9.1f} {r.p50_ms:>8.2f} "
-              f"{r.p95_ms:>8.2f} {r.p99_ms:>8.2f}")
-    for model, model_costs in costs.items():
-        print(f"stage costs ({model}, all served runs): " + ", ".join(f"{k} {v:.2f}" for k, v in model_costs.items()))
+        print(f"{r.model:<9} {r.flavor:<6} {r.mode:<20} {r.protocol:<5} {r.concurrency:>10} {r.images_per_s:>9.1f} "
+              f"{r.p50_ms:>8.2f} {r.p95_ms:>8.2f} {r.p99_ms:>8.2f} {r.failures:>6}")
+    for (model, flavor), model_costs in costs.items():
+        listed = ", ".join(f"{k} {v:.2f}" for k, v in model_costs.items())
+        print(f"stage costs ({model}, {flavor} flavor, served runs): {listed}")
     print(f"build from scratch (demo, local flavor): {build_s:.1f} s")
     print(f"results: {results / 'results.csv'}, {results / 'throughput_latency.png'}")
 
-    def pick(mode, protocol, concurrency=None, model=DEMO_MODEL):
+    # The summary's figures are the local flavor's (comparable across runs and machines), cpu beside it.
+    main_flavor = LOCAL if LOCAL in flavors else flavors[0]
+
+    def pick(mode, protocol, concurrency=None, model=DEMO_MODEL, flavor=main_flavor):
         return [r for r in rows if (r.model, r.mode, r.protocol) == (model, mode, protocol)
-                and (concurrency is None or r.concurrency == concurrency)]
+                and r.flavor in (flavor, "-") and (concurrency is None or r.concurrency == concurrency)]
 
     inprocess = max(pick("in-process", "-"), key=lambda r: r.images_per_s)
     inprocess_batch1 = pick("in-process", "-", 1)[0]
@@ -296,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     by_conc = {r.concurrency: r for r in grpc}
     gain = by_conc[max(by_conc)].images_per_s / by_conc[min(by_conc)].images_per_s
     overhead = by_conc[min(by_conc)].p50_ms - inprocess_batch1.p50_ms
-    print(f"summary: served_vs_inprocess={best / inprocess.images_per_s:.2f} batching_gain={gain:.2f} "
-          f"p50_overhead_ms={overhead:.2f} build_s={build_s:.1f}")
+    summary = (f"summary: served_vs_inprocess={best / inprocess.images_per_s:.2f} batching_gain={gain:.2f} "
+               f"p50_overhead_ms={overhead:.2f} build_s={build_s:.1f}")
+    if CPU in flavors and LOCAL in flavors:
+        best_cpu = max(r.images_per_s for r in pick("served", "grpc", flavor=CPU))
+        summary += f" cpu_vs_local={best_cpu / best:.2f}"
+    print(summary)
     return 0
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from scripts import config, demo, export, intake, preprocess, repository
+from scripts import backends, config, demo, export, intake, preprocess, repository, tritonserver
 from scripts import validate as validate_module
 from scripts.config import Bundle, ConfigError
 from scripts.constants import CPU, DEMO_MODEL, GENERATED_FLAVORS
@@ -96,6 +96,7 @@ class Stage:
     outputs: Callable[[Builder], list[Path]]
     run: Callable[[Builder], dict[str, Any]]
     skip: Callable[[Builder], Skip | None] = lambda builder: None  # decides only: no side effects
+    on_request: bool = False  # runs only when named (`build --only NAME` or `--with NAME`)
 
 
 @dataclasses.dataclass
@@ -116,12 +117,16 @@ class Builder:
         self.progress = progress
         self.bundle: Bundle = checked_bundle(layout.repository)
         self.flavors: tuple[str, ...] = GENERATED_FLAVORS
+        self.requested: set[str] = set()
         self.results: list[StageResult] = []
 
-    def run(self, flavors: tuple[str, ...] = GENERATED_FLAVORS, only: tuple[str, ...] | None = None) -> list[StageResult]:
-        """Run the stages in order (`only`: just those named, for a stage whose inputs are already built)."""
+    def run(self, flavors: tuple[str, ...] = GENERATED_FLAVORS, only: tuple[str, ...] | None = None,
+            also: tuple[str, ...] = ()) -> list[StageResult]:
+        """Run the stages in order: all but the on-request ones, plus those named in `also`; or just
+        those named in `only` (for a stage whose inputs earlier runs built)."""
         self.flavors = flavors
-        unknown = set(only or ()) - {stage.name for stage in STAGES}
+        self.requested = set(only or ()) | set(also)
+        unknown = self.requested - {stage.name for stage in STAGES}
         if unknown:
             raise ValueError(f"no build stage named {sorted(unknown)}; the stages are {[stage.name for stage in STAGES]}")
         for number, stage in enumerate(STAGES, start=1):
@@ -139,6 +144,8 @@ class Builder:
     def _stage(self, title: str, stage: Stage) -> None:
         """Run `stage` unless its stamp says these inputs already made these (unchanged) outputs."""
         skip = stage.skip(self)
+        if skip is None and stage.on_request and stage.name not in self.requested:
+            skip = Skip(f"skipped (on request only: `build --only {stage.name}` or `--with {stage.name}`)")
         if skip is not None:
             if skip.clear_outputs:
                 for path in stage.outputs(self):
@@ -323,6 +330,23 @@ class Builder:
                 raise BuildError(f"the generated {name} repository does not validate:\n{details}")
         return {"summary": "validated " + ", ".join(str(self.layout.flavor(n)) for n in self.flavors)}
 
+    # -- backends ------------------------------------------------------------------------------
+    def backends_inputs(self) -> dict[str, Any]:
+        return {
+            "versions": backends.toolchain().versions(),
+            "pinned_for": backends.PINNED_FOR,
+            "sources": backends.pinned_sources(),
+            "patches": sha256_tree(backends.PATCHES),
+            "cmake": sha256_file(backends.CUDA_RUNTIME_CMAKE),
+            "code": source_digest(backends, tritonserver),
+        }
+
+    def backends_outputs(self) -> list[Path]:
+        return [self.layout.backends / name for name in backends.BACKENDS]
+
+    def backends_run(self) -> dict[str, Any]:
+        return backends.build(self.layout.backends, self.layout.backends_work, progress=self.progress)
+
 
 STAGES = (
     Stage("heldout", "render the demo's held-out JPEGs (real inputs for checks and tests)",
@@ -335,4 +359,6 @@ STAGES = (
           Builder.dali_inputs, lambda b: [b.layout.dali_cpu], Builder.dali_run),
     Stage("flavors", "generate the cpu and local repositories from the committed configs, and validate them",
           Builder.flavors_inputs, Builder.flavors_outputs, Builder.flavors_run),
+    Stage("backends", "compile Triton's DALI and ONNX Runtime backends for the local tritonserver (cpu flavor)",
+          Builder.backends_inputs, Builder.backends_outputs, Builder.backends_run, on_request=True),
 )

@@ -47,8 +47,14 @@ class Layout:
 
     @property
     def backends(self) -> Path:
-        """The backend directory the local tritonserver loads (the python backend and its stub)."""
+        """The backend directory the local tritonserver loads: python/ (with its stub), and dali/ and
+        onnxruntime/ once `make backends` has built them."""
         return self.build_dir / "backends"
+
+    @property
+    def backends_work(self) -> Path:
+        """Scratch space of the backend build: fetched sources, CMake trees, its log."""
+        return self.build_dir / "backends-work"
 
     @property
     def trt_cache(self) -> Path:

@@ -24,22 +24,14 @@ from pathlib import Path
 
 from client import defaults
 from client.defaults import ADMIN_HEADER, Endpoint
-from scripts.constants import SERVED_FLAVOR
+from scripts import tritonserver
+from scripts.config import read_config
+from scripts.constants import BACKEND_PLATFORM, CONFIG_FILENAME, SERVED_FLAVOR
 from scripts.layout import Layout
+from scripts.tritonserver import ServerError
 
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace", "statistics")
-
-
-class ServerError(RuntimeError):
-    """The server did not start, or died; the message ends with the tail of its log."""
-
-
-def _pytriton_dist() -> Path:
-    try:
-        import pytriton
-    except ImportError as exc:
-        raise ServerError("nvidia-pytriton is not installed: `pip install -e .[local]` (or `make install`)") from exc
-    return Path(pytriton.__file__).parent / "tritonserver"
+PYTHON_BACKEND = "python"  # shipped with the server: prepare_backends puts it in place
 
 
 def free_ports(count: int) -> list[int]:
@@ -66,12 +58,12 @@ def prepare_backends(directory: Path) -> Path:
 
     The wheel ships one stub per Python version; Triton expects exactly one, beside the backend library.
     """
-    dist = _pytriton_dist()
+    dist = tritonserver.home()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise ServerError(f"nvidia-pytriton has no python backend stub for Python {version}")
-    python_dir = directory / "python"
+    python_dir = directory / PYTHON_BACKEND
     python_dir.mkdir(parents=True, exist_ok=True)
     for source in [*(dist / "backends" / "python").glob("*.*"), stub]:
         target = python_dir / source.name
@@ -87,7 +79,6 @@ def server_environment() -> dict[str, str]:
     must come first or the stub imports another interpreter's numpy (and corrupts tensors).
     The stub also links libpython, found in the interpreter's LIBDIR.
     """
-    dist = _pytriton_dist()
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     libpython = sysconfig.get_config_var("INSTSONAME") or ""
     found = (Path(libdir) / libpython).exists() or ctypes.util.find_library(libpython[3:].split(".so")[0])
@@ -96,12 +87,22 @@ def server_environment() -> dict[str, str]:
                           f"Python library (Debian: apt-get install lib{libpython.split('.so')[0].removeprefix('lib')})")
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), libdir]
+    libs = [str(tritonserver.libraries()), libdir]
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
     env.pop("PYTHONPATH", None)
     return env
+
+
+def missing_backends(repository: Path, backends: Path) -> list[str]:
+    """The backends the models of `repository` use that `backends` does not hold (python comes with the server)."""
+    platform_backend = {platform: backend for backend, platform in BACKEND_PLATFORM.items()}
+    needed = set()
+    for path in Path(repository).glob(f"*/{CONFIG_FILENAME}"):
+        config = read_config(path)
+        needed.add(config.backend or platform_backend.get(config.platform, ""))
+    return sorted(name for name in needed - {"", PYTHON_BACKEND} if not (Path(backends) / name).is_dir())
 
 
 def _terminate_with_parent() -> None:
@@ -139,7 +140,7 @@ class LocalServer:
     def command(self) -> list[str]:
         restriction = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
         return [
-            str(_pytriton_dist() / "bin" / "tritonserver"),
+            str(tritonserver.binary()),
             f"--model-repository={Path(self.repository).resolve()}",
             f"--backend-directory={Path(self.backends).resolve()}",
             f"--http-address={self.endpoint.address}",
@@ -161,6 +162,10 @@ class LocalServer:
 
     def start(self) -> LocalServer:
         prepare_backends(self.backends)
+        missing = missing_backends(self.repository, self.backends)
+        if missing:
+            raise ServerError(f"{self.repository} needs the {', '.join(missing)} backend(s), not in {self.backends}: "
+                              "build them with `make backends`")
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             output = open(self.log_path, "wb")

@@ -14,7 +14,7 @@ from torch import nn
 from scripts import demo, export, intake
 from scripts.build import Builder
 from scripts.config import load_bundle, read_config
-from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL
+from scripts.constants import CONFIG_FILENAME, CPU, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL
 from scripts.layout import Layout
 from tests.conftest import REPOSITORY
 
@@ -127,6 +127,7 @@ def test_verification_fails_above_the_tolerance(user_models, bundle, built):
 
 
 def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
+    """... and, in the cpu flavor's DALI step, batching for instances (tests/test_cpu_flavor.py says how)."""
     expected = {
         "cpu": {"ensemble": ("ensemble", ""), "preprocess": ("", "dali"), "classifier": ("onnxruntime_onnx", "")},
         "local": {"ensemble": ("ensemble", ""), "preprocess": ("", "python"), "classifier": ("", "python")},
@@ -138,6 +139,9 @@ def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
             generated = read_config(built.flavor(flavor) / name / CONFIG_FILENAME)
             assert (generated.platform, generated.backend) == expected[flavor][roles[name]]
             assert all(group.kind == group.KIND_CPU for group in generated.instance_group)
+            if (flavor, name) == (CPU, bundle.preprocess.model_name):
+                generated.parameters["num_threads"].CopyFrom(committed.parameters["num_threads"])
+                generated.dynamic_batching.CopyFrom(committed.dynamic_batching)
             # Everything else is as ops wrote it.
             for field in ("input", "output", "max_batch_size", "dynamic_batching", "model_warmup", "parameters",
                           "ensemble_scheduling"):
@@ -157,7 +161,7 @@ def test_build_is_idempotent_and_rebuilds_only_what_changed(user_models, bundle,
     assert first["flavors"].status == "built"
     again, _ = run_build(repo, build_dir, directory / "model.onnx")
     assert {name: r.status for name, r in again.items() if name != "model"} == {
-        "heldout": "up to date", "onnx": "up to date", "dali": "up to date", "flavors": "up to date"}
+        "heldout": "up to date", "onnx": "up to date", "dali": "up to date", "flavors": "up to date", "backends": "skipped"}
 
     # An ops edit of the preprocessing config reaches the DALI pipeline and the flavors, not the model.
     config_path = repo / bundle.preprocess.model_name / CONFIG_FILENAME
@@ -165,7 +169,7 @@ def test_build_is_idempotent_and_rebuilds_only_what_changed(user_models, bundle,
                                                            'key: "num_threads"\n    value: { string_value: "1" }'))
     edited, builder = run_build(repo, build_dir, directory / "model.onnx")
     assert {name: r.status for name, r in edited.items() if name != "model"} == {
-        "heldout": "up to date", "onnx": "up to date", "dali": "built", "flavors": "built"}
+        "heldout": "up to date", "onnx": "up to date", "dali": "built", "flavors": "built", "backends": "skipped"}
     generated = read_config(builder.layout.flavor(LOCAL) / bundle.preprocess.model_name / CONFIG_FILENAME)
     assert generated.parameters["num_threads"].string_value == "1"
 

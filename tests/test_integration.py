@@ -18,7 +18,8 @@ from tritonclient.utils import InferenceServerException
 
 from client import ImageClassifierClient
 from client.image_formats import SUPPORTED_TEXT
-from scripts.constants import LOCAL
+from scripts.config import read_config
+from scripts.constants import CONFIG_FILENAME, LOCAL
 from scripts.layout import PROJECT
 from scripts.serve import free_ports
 from tests.conftest import REPOSITORY
@@ -60,8 +61,9 @@ def batch_executions(server, model: str) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_heldout_accuracy_through_the_ensemble(server, heldout, protocol):
-    with client_for(server, protocol) as classifier:
+def test_heldout_accuracy_through_the_ensemble(any_server, heldout, protocol):
+    """Labels come back through the classification extension (class_count), as the client asks for them."""
+    with client_for(any_server, protocol) as classifier:
         results = classifier.classify([path for _, path in heldout], top_k=1)
     correct = sum(result.top.label == label for result, (label, _) in zip(results, heldout, strict=True))
     accuracy = correct / len(heldout)
@@ -69,9 +71,9 @@ def test_heldout_accuracy_through_the_ensemble(server, heldout, protocol):
     assert accuracy >= 0.95
 
 
-def test_grpc_and_http_return_the_same_predictions(server, heldout):
+def test_grpc_and_http_return_the_same_predictions(any_server, heldout):
     images = [path for _, path in heldout[::10]]
-    with client_for(server, "grpc") as grpc_client, client_for(server, "http") as http_client:
+    with client_for(any_server, "grpc") as grpc_client, client_for(any_server, "http") as http_client:
         over_grpc = grpc_client.classify(images, top_k=3)
         over_http = http_client.classify(images, top_k=3)
     for a, b in zip(over_grpc, over_http, strict=True):
@@ -79,27 +81,34 @@ def test_grpc_and_http_return_the_same_predictions(server, heldout):
         assert np.allclose([p.score for p in a.predictions], [p.score for p in b.predictions], atol=1e-6)
 
 
-def test_concurrent_single_image_requests_are_batched_and_match_unbatched(server, bundle, heldout):
+def test_concurrent_single_image_requests_are_batched_and_match_unbatched(any_server, bundle, heldout):
+    """Each step the flavor configures with dynamic batching merges concurrent requests, and the merged
+    results are the unmerged ones (the cpu flavor's DALI step does not batch: see scripts/repository.py)."""
+    steps = [bundle.preprocess.model_name, bundle.classifier.model_name]
+    configs = {name: read_config(any_server.repository / name / CONFIG_FILENAME) for name in steps}
+    batching = [name for name, config in configs.items() if config.HasField("dynamic_batching")]
+    assert batching, "no step of this flavor batches"
     images = [path.read_bytes() for _, path in heldout[:48]]
-    alone = [raw_scores(server, bundle, image) for image in images]
-    before = batch_executions(server, bundle.preprocess.model_name)
+    alone = [raw_scores(any_server, bundle, image) for image in images]
+    before = {name: batch_executions(any_server, name) for name in batching}
     with ThreadPoolExecutor(max_workers=16) as pool:
-        together = list(pool.map(lambda image: raw_scores(server, bundle, image), images))
-    after = batch_executions(server, bundle.preprocess.model_name)
-    batched = {size: count - before.get(size, 0) for size, count in after.items() if size > 1}
-    print("batch executions since the test began:", batched)
-    assert sum(batched.values()) > 0, f"no execution had more than one request: {after}"
+        together = list(pool.map(lambda image: raw_scores(any_server, bundle, image), images))
+    for name in batching:
+        after = batch_executions(any_server, name)
+        batched = {size: count - before[name].get(size, 0) for size, count in after.items() if size > 1}
+        print(f"{name}: batch executions since the test began: {batched}")
+        assert sum(batched.values()) > 0, f"{name}: no execution had more than one request: {after}"
     np.testing.assert_allclose(np.stack(together), np.stack(alone), atol=1e-5)
 
 
-def test_several_zero_padded_images_in_one_request(server, bundle, heldout):
+def test_several_zero_padded_images_in_one_request(any_server, bundle, heldout):
     """Clients may send [N, L] with shorter images zero-padded: each row is classified on its own."""
     picks = heldout[::50]
     images = [path.read_bytes() for _, path in picks]
     padded = np.zeros((len(images), max(map(len, images))), np.uint8)
     for row, image in zip(padded, images, strict=True):
         row[: len(image)] = np.frombuffer(image, np.uint8)
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client = grpcclient.InferenceServerClient(any_server.grpc_url)
     tensor = grpcclient.InferInput(bundle.preprocess.input_name, list(padded.shape), "UINT8")
     tensor.set_data_from_numpy(padded)
     output = grpcclient.InferRequestedOutput(bundle.classifier.output_name, class_count=1)
