@@ -88,3 +88,18 @@ def test_a_second_build_does_nothing_and_the_inputs_name_every_version(triton_ba
     assert {"compiler", "cmake", "dali", "onnxruntime", "tritonserver", "cudart"} <= set(versions)
     for name in backends.BACKENDS:
         assert (triton_backends.backends / name / backends.BUILDS[name].library).is_file()
+
+
+def test_a_server_without_the_backends_its_repository_needs_says_how_to_get_them(built, tmp_path):
+    from scripts.constants import CPU, LOCAL
+    from scripts.serve import local_server, missing_backends
+    from scripts.tritonserver import ServerError
+
+    empty = tmp_path / "backends"
+    assert missing_backends(built.flavor(CPU), empty) == sorted(backends.BACKENDS)
+    assert missing_backends(built.flavor(LOCAL), empty) == []  # the python backend comes with the server
+    server = local_server(built, built.flavor(CPU))
+    server.backends = empty
+    with pytest.raises(ServerError, match="needs the dali, onnxruntime backend.*`make backends`"):
+        server.start()
+    assert server.process is None
