@@ -13,7 +13,7 @@ REPO ?= model_repository
 # keep them beside the checkout (../shared/vendor/triton-backends). Unset: the build clones them.
 export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends))
 
-.PHONY: help install build backends serve validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
+.PHONY: help install build backends serve apply validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ backends: install  ## compile Triton's DALI and ONNX Runtime backends for the cp
 
 serve: build $(if $(filter cpu,$(FLAVOR)),backends)  ## build, then serve FLAVOR=local (default) or cpu on TRITON_{HTTP,GRPC,METRICS}_PORT
 	$(PY) -m scripts serve --flavor $(FLAVOR)
+
+apply: install  ## put edits of model_repository/ live on the running server (TRITON_MODEL_CONTROL_MODE=explicit), or roll back; FLAVOR=local|cpu|gpu
+	$(PY) -m scripts apply --flavor $(FLAVOR) $(ARGS)
 
 validate: install  ## check a model repository (REPO=model_repository, or build/repos/cpu, build/repos/local)
 	$(PY) -m scripts validate '$(REPO)'
@@ -61,7 +64,7 @@ verify:  ## on the GPU box: start the stack if needed, then GPU tests + live che
 	COMPOSE_PROFILES=gpu,verify docker compose run --rm verify
 
 compose-config:  ## validate docker-compose.yml for every profile, offline
-	for p in gpu cpu gpu,verify gpu,loadtest; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
+	for p in gpu cpu gpu,verify gpu,loadtest gpu,apply; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
 
 clean:  ## remove build outputs (not the venv)
 	rm -rf build

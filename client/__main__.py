@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
     common.add_argument("--timeout", type=float, default=30.0, help="seconds per call, retries included (default: %(default)s)")
     common.add_argument("--retries", type=int, default=3, help="retries of transient failures (default: %(default)s)")
-    common.add_argument("--admin-key", default=defaults.admin_key(),
-                        help=f"key for the server's admin APIs (default: ${defaults.ADMIN_KEY_ENV})")
+    common.add_argument("--admin-key", default=None,
+                        help=f"key for the server's admin APIs (default: ${defaults.ADMIN_KEY_ENV}, or the file "
+                             f"${defaults.ADMIN_KEY_FILE_ENV} names)")
     common.add_argument("--tls", action="store_true", help="connect with TLS")
     common.add_argument("--ca-certs", help="CA bundle to verify the server (implies --tls)")
     common.add_argument("--client-cert", help="client certificate for mutual TLS (implies --tls)")
@@ -69,7 +70,7 @@ def _client(args: argparse.Namespace) -> ImageClassifierClient:
         extra = {"limits": Limits(args.max_bytes, args.max_pixels), "concurrency": args.concurrency,
                  "images_per_request": args.images_per_request}
     return ImageClassifierClient(args.url, args.protocol, args.model, args.timeout, args.retries, tls=tls,
-                                 admin_key=args.admin_key, **extra)
+                                 admin_key=args.admin_key or defaults.admin_key(), **extra)
 
 
 class Progress:

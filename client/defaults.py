@@ -25,6 +25,8 @@ PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "
 ADMIN_HEADER = "admin-key"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
+# A file holding the key (a compose secret): what docker/serve.sh reads, and tools in containers too.
+ADMIN_KEY_FILE_ENV = "TRITON_ADMIN_KEY_FILE"
 
 
 class EnvironmentValueError(ValueError):
@@ -37,7 +39,17 @@ def admin_header(protocol: str) -> str:
 
 
 def admin_key() -> str | None:
-    return os.environ.get(ADMIN_KEY_ENV) or None
+    """$TRITON_ADMIN_KEY, else the content of the file $TRITON_ADMIN_KEY_FILE names, else None."""
+    if os.environ.get(ADMIN_KEY_ENV):
+        return os.environ[ADMIN_KEY_ENV]
+    path = os.environ.get(ADMIN_KEY_FILE_ENV)
+    if path:
+        try:
+            with open(path) as handle:
+                return handle.read().strip() or None
+        except OSError as exc:
+            raise EnvironmentValueError(f"{ADMIN_KEY_FILE_ENV}={path}: cannot read the admin key ({exc.strerror})") from None
+    return None
 
 
 def _port(kind: str) -> int:

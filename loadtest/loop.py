@@ -25,8 +25,9 @@ class LoopResult:
 
 
 def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], images: Sequence[PreparedImage], concurrency: int,
-                seconds: float, top_k: int = 1) -> LoopResult:
-    """`concurrency` threads, one client each, one image per request, back to back, for `seconds`.
+                seconds: float, top_k: int = 1, stop: threading.Event | None = None) -> LoopResult:
+    """`concurrency` threads, one client each, one image per request, back to back, for `seconds` or
+    until `stop` is set.
 
     A failed request is counted and the loop goes on (a load test must outlive the errors it
     measures). top_k 0 asks for the raw output.
@@ -41,7 +42,7 @@ def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], ima
     def worker(index: int) -> None:
         client = module.InferenceServerClient(url)
         n = index
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
             inputs, outputs = build_request(module, names, [images[n % len(images)]], top_k)
             began = time.perf_counter()
             try:

@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts build|serve|validate|diff|engine|serialize-dali --help`.
+"""Command line: `python -m scripts build|serve|validate|diff|apply|engine|serialize-dali --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -33,6 +33,7 @@ from scripts.layout import Layout
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT = Layout()
+ADMIN_KEY_HELP = f"default: ${defaults.ADMIN_KEY_ENV}, or the file ${defaults.ADMIN_KEY_FILE_ENV} names"
 
 
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +131,25 @@ def _parser() -> argparse.ArgumentParser:
     _add_layout_options(dali)
     dali.add_argument("--flavor", choices=(GPU, CPU), default=GPU, help="default: %(default)s")
 
+    apply = commands.add_parser("apply", help="put an edited model_repository/ live on a running server, or roll back",
+                                description="Rebuild what the edit invalidates, validate strictly, load the models that differ "
+                                            "into the running server (explicit model control mode) through its repository "
+                                            "API, verify, and roll back on failure. Exit codes: 0 applied or nothing to do, "
+                                            "1 refused before anything changed, 2 server unreachable or admin key refused, "
+                                            "3 rolled back. Every run is recorded in <build-dir>/apply/audit.jsonl.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_layout_options(apply)
+    apply.add_argument("--flavor", choices=FLAVORS, default=SERVED_FLAVOR,
+                       help=f"the repository the server runs (default: %(default)s; {GPU}: model_repository/ itself, "
+                            "the GPU box)")
+    apply.add_argument("--url", default=None,
+                       help="the server's HTTP address (default: the one `make serve` uses, from the same environment)")
+    apply.add_argument("--admin-key", default=None, help=ADMIN_KEY_HELP)
+    apply.add_argument("--model", default=None, help="the model the rebuild exports (default: the one the last build used)")
+    apply.add_argument("--expect-change", action="store_true",
+                       help="the edit is meant to change results: a different top-1 on the smoke images is not a failure")
+    apply.add_argument("--json", action="store_true", help="print the outcome as JSON (progress goes to stderr)")
+
     diff = commands.add_parser("diff", help="compare committed configs with what a running server reports",
                                description="Show, for each model of the repository, the configured fields whose live value "
                                            "(GET /v2/models/<name>/config) differs. Exit codes: 0 same, 1 differences, 2 usage "
@@ -138,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="the repository the server was started on (default: %(default)s)")
     diff.add_argument("--url", default=None,
                       help="server HTTP address (default: the one `make serve` uses, from the same environment)")
-    diff.add_argument("--admin-key", default=defaults.admin_key(), help=f"default: ${defaults.ADMIN_KEY_ENV}")
+    diff.add_argument("--admin-key", default=None, help=ADMIN_KEY_HELP)
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
     return parser
 
@@ -198,6 +218,7 @@ def _serialize_dali(args: argparse.Namespace) -> int:
         print(f"error: cannot serialize the {args.flavor} pipeline here: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_FAILED
     target.write_bytes(serialized)
+    preprocess.recipe_path(target).write_text(json.dumps(preprocess.recipe(spec), indent=2))
     print(f"{target}: {len(serialized)} bytes ({args.flavor} pipeline, DALI {nvidia.dali.__version__})")
     return EXIT_OK
 
@@ -222,9 +243,10 @@ def _diff(args: argparse.Namespace) -> int:
 
     from scripts.validate import diff_live
 
-    headers = {defaults.admin_header("http"): args.admin_key} if args.admin_key else None
     try:
         args.url = args.url or defaults.url("http")
+        admin_key = args.admin_key or defaults.admin_key()
+        headers = {defaults.admin_header("http"): admin_key} if admin_key else None
         differences = diff_live(args.repository, args.url, headers)
     except defaults.EnvironmentValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -242,6 +264,24 @@ def _diff(args: argparse.Namespace) -> int:
             print(difference)
         print(f"{len(differences)} difference(s) between {args.repository} and the server at {args.url}")
     return EXIT_FAILED if differences else EXIT_OK
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from scripts.apply import apply
+
+    try:
+        url = args.url or defaults.url("http")
+        admin_key = args.admin_key or defaults.admin_key()
+    except defaults.EnvironmentValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stream = sys.stderr if args.json else sys.stdout
+    outcome = apply(_layout(args), args.flavor, url, admin_key, model=args.model, expect_change=args.expect_change,
+                    progress=lambda message: print(message, file=stream, flush=True))
+    if args.json:
+        print(json.dumps(outcome.record(flavor=args.flavor, server=url), indent=2))
+    print(outcome.summary(), file=stream, flush=True)
+    return outcome.exit_code
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -286,7 +326,7 @@ def _shell_path(path: Path) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from client.defaults import Endpoint, EnvironmentValueError
-    from scripts.serve import ServerError, local_server
+    from scripts.serve import ServerError, local_server, model_control_from_env
     from scripts.validate import checked_bundle, validate
 
     layout = _layout(args)
@@ -294,7 +334,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         bundle = checked_bundle(layout.repository)
         ensemble = bundle.ensemble.name
-        server = local_server(layout, repo, Endpoint.from_env(), log_path=args.log_file or layout.logs / "tritonserver.log")
+        server = local_server(layout, repo, Endpoint.from_env(), log_path=args.log_file or layout.logs / "tritonserver.log",
+                              model_control=model_control_from_env())
     except (ConfigError, ServerError, EnvironmentValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -335,7 +376,7 @@ Ctrl-C stops the server.""", flush=True)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "engine": _engine,
+    commands = {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply, "engine": _engine,
                 "serialize-dali": _serialize_dali}
     return commands[args.command](args)
 

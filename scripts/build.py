@@ -72,6 +72,14 @@ def source_digest(*modules) -> str:
     return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()
 
 
+def recorded_model(layout: Layout) -> str | None:
+    """The model the last build of `layout` exported ("demo" or a file's path), from its onnx stamp."""
+    try:
+        return json.loads((layout.stamps / "onnx.json").read_text())["inputs"]["source"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class BuildError(RuntimeError):
     """A build output failed its checks."""
 
@@ -230,7 +238,8 @@ class Builder:
             return {
                 "model": DEMO_MODEL,
                 "labels": self.labels,
-                "preprocess": dataclasses.asdict(self.bundle.preprocess),
+                # Trained on preprocessed images: only what changes the pixels retrains it.
+                "preprocess": {field: getattr(self.bundle.preprocess, field) for field in preprocess.COMPUTED_FROM},
                 "code": source_digest(demo, preprocess),
             }
         path = Path(self.model)

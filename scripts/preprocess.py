@@ -8,7 +8,9 @@ Sizes and normalization come from the preprocessing model's config (`PreprocessS
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from pathlib import Path
 
 import numpy as np
 
@@ -54,6 +56,16 @@ def build_pipeline(spec: PreprocessSpec, flavor: str):
     return pipeline
 
 
+def recipe(spec: PreprocessSpec) -> dict:
+    """What a serialized pipeline was made from: written beside a `model.dali` that outlives the build
+    (the gpu flavor's, in model_repository/), so that a config edit it no longer fits is noticed."""
+    return {"preprocess": dataclasses.asdict(spec)}
+
+
+def recipe_path(pipeline: Path) -> Path:
+    return pipeline.with_name(pipeline.name + ".json")
+
+
 def serialize(spec: PreprocessSpec, flavor: str) -> bytes:
     """The serialized pipeline (`model.dali`). The `gpu` flavor needs a GPU to serialize."""
     return build_pipeline(spec, flavor).serialize()
@@ -70,6 +82,10 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     if width <= height:
         return shorter, int(height * scale + 0.5)
     return int(width * scale + 0.5), shorter
+
+
+# The parts of the spec the preprocessing computes with (the rest say how it runs: threads, batch size, names).
+COMPUTED_FROM = ("crop", "resize_shorter", "mean", "std")
 
 
 def reference(encoded: bytes, spec: PreprocessSpec) -> np.ndarray:

@@ -121,11 +121,28 @@ def generate(bundle: Bundle, flavor: str, target: Path, artifacts: Artifacts) ->
     for name, role in roles.items():
         model_dir = staging / name
         (model_dir / VERSION).mkdir(parents=True)
-        header = generated_header(flavor, bundle.config_path(name))
+        # Named relative to the repository's folder: the same edit makes the same files wherever the checkout is.
+        header = generated_header(flavor, bundle.config_path(name).relative_to(bundle.root.parent))
         write_config(flavor_config(bundle, name, flavor), model_dir / CONFIG_FILENAME, header)
         _copy_beside_config(bundle.model_dir(name), model_dir)
         for filename, source in _artifacts_for(role, flavor, artifacts).items():
             shutil.copy2(source, model_dir / VERSION / filename)
+        _keep_if_unchanged(target / name, model_dir)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _keep_if_unchanged(current: Path, regenerated: Path) -> None:
+    """Keep the current copy of a model whose files came out the same, modification times included.
+
+    A server in explicit mode reloads a model when anything in its folder is newer than what it
+    loaded: an untouched model must not look touched, so that `apply` reloads exactly what changed.
+    """
+    if current.is_dir() and _contents(current) == _contents(regenerated):
+        shutil.rmtree(regenerated)
+        shutil.copytree(current, regenerated)  # copy2 and copystat: the times come along

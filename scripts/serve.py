@@ -26,7 +26,14 @@ from client import defaults
 from client.defaults import ADMIN_HEADER, Endpoint
 from scripts import tritonserver
 from scripts.config import read_config
-from scripts.constants import BACKEND_PLATFORM, CONFIG_FILENAME, SERVED_FLAVOR
+from scripts.constants import (
+    BACKEND_PLATFORM,
+    CONFIG_FILENAME,
+    DEFAULT_MODEL_CONTROL,
+    MODEL_CONTROL_ENV,
+    MODEL_CONTROL_MODES,
+    SERVED_FLAVOR,
+)
 from scripts.layout import Layout
 from scripts.tritonserver import ServerError
 
@@ -118,6 +125,7 @@ class LocalServer:
     endpoint: Endpoint
     admin_key: str = dataclasses.field(default_factory=lambda: defaults.admin_key() or secrets.token_hex(24))
     log_path: Path | None = None
+    model_control: str = DEFAULT_MODEL_CONTROL
     process: subprocess.Popen | None = None
     shm_prefix: str = dataclasses.field(default_factory=lambda: f"triton_bundle_{os.getpid()}_{secrets.token_hex(4)}")
 
@@ -151,7 +159,9 @@ class LocalServer:
             f"--metrics-port={self.endpoint.metrics}",
             f"--http-restricted-api={restriction}",
             f"--grpc-restricted-protocol={restriction}",
-            "--model-control-mode=none",
+            f"--model-control-mode={self.model_control}",
+            # Explicit mode loads nothing by itself: load every model at start, so that ready means ready.
+            *(["--load-model=*"] if self.model_control == "explicit" else []),
             "--strict-readiness=true",
             "--exit-on-error=true",
             "--disable-auto-complete-config",
@@ -251,8 +261,17 @@ class LocalServer:
         self.stop()
 
 
+def model_control_from_env() -> str:
+    """$TRITON_MODEL_CONTROL_MODE: none (default) or explicit."""
+    mode = os.environ.get(MODEL_CONTROL_ENV) or DEFAULT_MODEL_CONTROL
+    if mode not in MODEL_CONTROL_MODES:
+        raise ServerError(f"{MODEL_CONTROL_ENV} must be one of {', '.join(MODEL_CONTROL_MODES)}, not {mode!r} "
+                          "(poll would load half-written files)")
+    return mode
+
+
 def local_server(layout: Layout, repository: Path | None = None, endpoint: Endpoint | None = None,
-                 log_path: Path | None = None) -> LocalServer:
+                 log_path: Path | None = None, model_control: str = DEFAULT_MODEL_CONTROL) -> LocalServer:
     """A server (not started) for `repository` (default: the layout's local flavor), with its backends
     under the layout, on `endpoint` (default: free loopback ports), logging to `log_path`."""
     return LocalServer(
@@ -260,4 +279,5 @@ def local_server(layout: Layout, repository: Path | None = None, endpoint: Endpo
         backends=layout.backends,
         endpoint=endpoint or free_endpoint(),
         log_path=log_path,
+        model_control=model_control,
     )

@@ -92,6 +92,30 @@ HINTS = {
     "preprocess-signature": "the preprocessing model takes the encoded images and returns the pixels, nothing else",
     "bundle-shape": "the build serves one ensemble: encoded image in, scores out, a preprocessing and a classifier step",
 }
+# What Triton knows by name (model_config.proto, and the backends NVIDIA ships in its images).
+TRITON_PLATFORMS = ("ensemble", "onnxruntime_onnx", "pytorch_libtorch", "tensorflow_graphdef", "tensorflow_savedmodel",
+                    "tensorrt_plan")
+TRITON_BACKENDS = ("dali", "fil", "identity", "onnxruntime", "openvino", "python", "pytorch", "repeat", "square",
+                   "tensorflow", "tensorrt", "tensorrtllm", "vllm")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Single-character insertions, deletions, substitutions and swaps of neighbours that turn `a` into `b`."""
+    rows = [list(range(len(b) + 1))] + [[i] + [0] * len(b) for i in range(1, len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            rows[i][j] = min(rows[i - 1][j] + 1, rows[i][j - 1] + 1, rows[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                rows[i][j] = min(rows[i][j], rows[i - 2][j - 2] + 1)
+    return rows[-1][-1]
+
+
+def _did_you_mean(name: str, known: tuple[str, ...]) -> str:
+    """"did you mean ...?" for a known name a typo away (one edit for short names, two for longer), else ""."""
+    distance, nearest = min((_edit_distance(name.lower(), candidate), candidate) for candidate in known)
+    return f'did you mean "{nearest}"?' if distance <= (1 if len(nearest) <= 4 else 2) else ""
+
+
 ONNX_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
               7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
               13: "TYPE_UINT64", 16: "TYPE_BF16"}
@@ -259,14 +283,29 @@ class Checker:
             self.flavor = declared_flavors.pop()
 
     # -- 2. layout -----------------------------------------------------------------------------
+    def backend_names(self, model: Model) -> None:
+        """Triton refuses a platform it does not know; a backend name a typo away from a known one is a typo."""
+        config = model.config
+        if config.platform and config.platform not in TRITON_PLATFORMS:
+            self.add(ERROR, "unknown-platform", model, "platform", "one of " + ", ".join(TRITON_PLATFORMS),
+                     f'"{config.platform}"',
+                     _did_you_mean(config.platform, TRITON_PLATFORMS) or "Triton loads no model with another platform",
+                     line=model.line(r"^\s*platform\s*:"))
+        if config.backend and config.backend not in TRITON_BACKENDS:
+            line = model.line(r"^\s*backend\s*:")
+            suggestion = _did_you_mean(config.backend, TRITON_BACKENDS)
+            if suggestion:
+                self.add(ERROR, "backend-misspelled", model, "backend", "the name of an installed backend",
+                         f'"{config.backend}"', suggestion, line=line)
+            else:
+                self.add(WARNING, "unknown-backend", model, "backend", "one of Triton's backends: " + ", ".join(TRITON_BACKENDS),
+                         f'"{config.backend}"', "a custom backend? this validator cannot check its artifacts", line=line)
+
     def layout(self, model: Model) -> None:
         kind = model.kind
         if not kind:
             self.add(ERROR, "backend-missing", model, "platform/backend", "a platform or a backend", "neither",
                      'e.g. backend: "python", or platform: "tensorrt_plan"', line=1)
-        elif kind != "ensemble" and kind not in ARTIFACTS:
-            self.add(WARNING, "unknown-backend", model, "backend/platform", "one of " + ", ".join(sorted(ARTIFACTS)),
-                     kind or "nothing", "this validator cannot check that model's artifacts")
         versions = model.versions()
         if not versions:
             self.add(ERROR, "no-version-folder", model, None, "a numeric version folder, e.g. 1/", "none",
@@ -659,6 +698,7 @@ class Checker:
     def run(self) -> None:
         self.load()
         for model in self.models.values():
+            self.backend_names(model)
             self.layout(model)
             if model.kind == "ensemble":
                 self.ensemble(model)

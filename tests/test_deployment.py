@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from client.defaults import ADMIN_HEADER, DEFAULT_MODEL
+from client.defaults import ADMIN_HEADER, ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, DEFAULT_MODEL
 from scripts.constants import LOCAL
 from scripts.layout import PROJECT
 from scripts.serve import RESTRICTED_APIS
 
 COMPOSE_FILE = PROJECT / "docker-compose.yml"
 PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"},
-            "gpu,loadtest": {"builder", "triton", "locust-master", "locust-worker"}}
+            "gpu,loadtest": {"builder", "triton", "locust-master", "locust-worker"}, "gpu,apply": {"builder", "triton", "apply"}}
 
 
 def compose_binary() -> str:
@@ -237,3 +237,15 @@ def test_gpu_deployment_classifies_heldout_images(heldout):
     accuracy = sum(r.top.label == label for r, (label, _) in zip(results, heldout, strict=True)) / len(heldout)
     print(f"GPU deployment at {url}: top-1 accuracy {accuracy:.3f} on {len(heldout)} held-out images")
     assert accuracy >= 0.95
+
+
+def test_apply_reaches_the_server_with_the_key_from_the_secret_never_the_environment():
+    services = rendered("gpu,apply", TRITON_MODEL_CONTROL_MODE="explicit")["services"]
+    apply, triton = services["apply"], services["triton"]
+    assert triton["environment"]["TRITON_MODEL_CONTROL_MODE"] == "explicit"
+    assert apply["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert [s["source"] for s in apply["secrets"]] == ["triton_admin_key"]
+    assert apply["environment"][ADMIN_KEY_FILE_ENV] == "/run/secrets/triton_admin_key"
+    assert ADMIN_KEY_ENV not in apply["environment"]
+    assert apply["command"][:4] == ["python", "-m", "scripts", "apply"] and "triton:8000" in apply["command"]
+    assert "deploy" not in apply, "apply needs no GPU"

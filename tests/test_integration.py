@@ -17,8 +17,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from client import ImageClassifierClient
+from client.defaults import ADMIN_HEADER
 from client.image_formats import SUPPORTED_TEXT
-from scripts.config import read_config
+from scripts.config import load_bundle, read_config
 from scripts.constants import CONFIG_FILENAME, LOCAL
 from scripts.layout import PROJECT
 from scripts.serve import free_ports
@@ -172,10 +173,11 @@ def test_admin_apis_need_the_key(server, bundle):
     assert client.get_model_repository_index(headers=server.admin_headers)
 
 
-def start_serve_command(preexec=None):
+def start_serve_command(preexec=None, **environment):
     """Run `python -m scripts serve` on free ports until it says it is ready: (process, output, http port)."""
     http, grpc, metrics = free_ports(3)
-    env = {**os.environ, "TRITON_HTTP_PORT": str(http), "TRITON_GRPC_PORT": str(grpc), "TRITON_METRICS_PORT": str(metrics)}
+    env = {**os.environ, "TRITON_HTTP_PORT": str(http), "TRITON_GRPC_PORT": str(grpc), "TRITON_METRICS_PORT": str(metrics),
+           **environment}
     process = subprocess.Popen([sys.executable, "-m", "scripts", "serve"], cwd=PROJECT, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec)
     output = ""
@@ -246,3 +248,23 @@ def test_diff_shows_how_the_live_configs_differ(server, built, tmp_path):
     without_key = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT, timeout=60,
                                  env={k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"})
     assert without_key.returncode == 2 and "admin-key" in without_key.stderr
+
+
+def test_serve_command_in_explicit_mode_loads_every_model_and_takes_load_requests(built):
+    key = "k" * 32
+    process, _, http = start_serve_command(TRITON_MODEL_CONTROL_MODE="explicit", TRITON_ADMIN_KEY=key)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        headers = {ADMIN_HEADER: key}
+        assert {m["name"]: m["state"] for m in client.get_model_repository_index(headers=headers)} == {
+            name: "READY" for name in load_bundle(REPOSITORY).configs}
+        client.load_model(load_bundle(REPOSITORY).classifier.model_name, headers=headers)  # allowed in explicit mode
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+
+
+def test_serve_command_refuses_a_model_control_mode_it_does_not_support(built):
+    done = subprocess.run([sys.executable, "-m", "scripts", "serve"], cwd=PROJECT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TRITON_MODEL_CONTROL_MODE": "poll"})
+    assert done.returncode == 2 and "TRITON_MODEL_CONTROL_MODE must be one of none, explicit" in done.stderr

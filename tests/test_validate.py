@@ -402,3 +402,23 @@ def test_findings_in_a_second_instance_group_point_at_its_line(tmp_path):
 def test_an_explicit_flavor_wins_over_the_generated_header(built):
     assert validate(built.flavor(CPU)).flavor == "cpu"
     assert validate(built.flavor(CPU), flavor="gpu").flavor == "gpu"
+
+
+@pytest.mark.parametrize(("model", "field", "written", "severity", "code", "hint"), [
+    ("classifier", "platform", "tensorrt_plna", ERROR, "unknown-platform", 'did you mean "tensorrt_plan"?'),
+    ("classifier", "platform", "torchscript", ERROR, "unknown-platform", "Triton loads no model with another platform"),
+    ("preprocess", "backend", "dail", ERROR, "backend-misspelled", 'did you mean "dali"?'),
+    ("preprocess", "backend", "onnxrutime", ERROR, "backend-misspelled", 'did you mean "onnxruntime"?'),
+    ("preprocess", "backend", "my_resizer", WARNING, "unknown-backend", "a custom backend?"),
+], ids=["platform-typo", "platform-unknown", "backend-swapped-letters", "backend-missing-letter", "custom-backend"])
+def test_near_miss_platform_and_backend_names(tmp_path, model, field, written, severity, code, hint):
+    """Triton refuses an unknown platform; a backend a typo away from a known one is a typo; a custom one may be fine."""
+    repo = committed(tmp_path)
+    path = repo / model / "config.pbtxt"
+    text = path.read_text()
+    current = 'platform: "tensorrt_plan"' if model == "classifier" else 'backend: "dali"'
+    path.write_text(text.replace(current, f'{field}: "{written}"'))
+    (finding,) = [f for f in validate(repo).findings if f.code == code]
+    assert (finding.severity, finding.field, finding.found) == (severity, field, f'"{written}"')
+    assert finding.hint == hint or finding.hint.startswith(hint)
+    assert f'{field}: "{written}"' in path.read_text().splitlines()[finding.line - 1]

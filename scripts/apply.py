@@ -1,0 +1,355 @@
+"""Apply: an edited model_repository/ to a running server, live, with no failed request; back out on failure.
+
+The day-2 loop for ops: edit config.pbtxt -> `make apply`. Each step prints its progress:
+
+1. rebuild   what the edit invalidates: the incremental build of the flavor the server runs (local, cpu);
+             on the GPU box the builder owns the engine and model.dali, so a stale one stops apply
+2. validate  strictly (warnings too): refuse on any finding, and leave the server untouched
+3. diff      the models that differ from what the server runs: their config (the config API), or their files
+4. load      exactly those, through the repository API (one step alone; more than one: the ensemble,
+             which makes Triton reload its changed steps together)
+5. verify    every model ready, the live configs are the intended ones, and real images (the warmup
+             sample and held-out ones) get the same top-1 as before, unless --expect-change
+6. roll back on a failed load or verification: the previous files and configs back, reloaded
+
+The server must run with TRITON_MODEL_CONTROL_MODE=explicit. Every apply appends a record to
+build/apply/audit.jsonl. Measured on this machine's tritonserver 2.51 (tests/test_apply.py): a
+steady gRPC and HTTP load sees no failed request while a model reloads, and a failed load keeps the
+previous model serving, so plain reloads are enough; no version-folder scheme is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import getpass
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from client import defaults
+from scripts import plan_metadata
+from scripts.build import Builder, recorded_model
+from scripts.config import Bundle, ConfigError, load_bundle
+from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, DEMO_MODEL, GPU, TENSORRT_PLAN
+from scripts.layout import Layout
+from scripts.validate import Difference, diff_live, validate
+
+APPLIED, NOTHING, REFUSED, ROLLED_BACK, UNREACHABLE = "applied", "nothing", "refused", "rolled-back", "unreachable"
+EXIT_CODES = {APPLIED: 0, NOTHING: 0, REFUSED: 1, UNREACHABLE: 2, ROLLED_BACK: 3}
+STEPS = ("rebuild", "validate", "diff", "load", "verify", "roll back")
+SMOKE_HELDOUT = 8  # held-out images in the smoke check, beside the warmup sample
+
+
+class Refused(Exception):
+    """Apply stops before anything changes live: the reason is the message."""
+
+
+class Unreachable(Exception):
+    """The server cannot be reached, or it refuses the admin key."""
+
+
+@dataclasses.dataclass
+class Outcome:
+    result: str
+    changed: list[str]
+    differences: list[Difference]
+    seconds: float
+    reason: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.result]
+
+    def summary(self) -> str:
+        return f"apply: changed={','.join(self.changed) or '-'} result={self.result} seconds={self.seconds:.1f}"
+
+    def record(self, **context) -> dict:
+        return {"result": self.result, "changed": self.changed, "diff": [dataclasses.asdict(d) for d in self.differences],
+                "seconds": round(self.seconds, 2), "reason": self.reason, **context}
+
+
+class LiveServer:
+    """The running server, through its HTTP API, with the admin key (never printed or logged)."""
+
+    def __init__(self, url: str, admin_key: str | None):
+        import tritonclient.http as httpclient
+
+        self.url = url
+        self.headers = {defaults.admin_header("http"): admin_key} if admin_key else {}
+        self.client = httpclient.InferenceServerClient(url, connection_timeout=10.0, network_timeout=300.0)
+
+    def _call(self, function: Callable, *args, **kwargs):
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return function(*args, headers=self.headers, **kwargs)
+        except InferenceServerException as exc:
+            if "restricted" in exc.message() or exc.status() in ("401", "403"):
+                raise Unreachable(f"{self.url} refused the admin key ({exc.message()}): pass --admin-key or set "
+                                  f"{defaults.ADMIN_KEY_ENV}") from None
+            raise
+        except OSError as exc:
+            raise Unreachable(f"cannot reach the server at {self.url}: {exc}") from None
+
+    def check(self) -> None:
+        """Reachable, ready, the admin key accepted, and in explicit model control mode (else Unreachable/Refused)."""
+        from tritonclient.utils import InferenceServerException
+
+        if not self._call(self.client.is_server_ready):
+            raise Unreachable(f"the server at {self.url} is not ready")
+        self.index()
+        try:  # A name no repository holds: explicit mode tries to load it, the other modes refuse to.
+            self._call(self.client.load_model, "__apply_probe__")
+        except InferenceServerException as exc:
+            if "not allowed" in exc.message():
+                raise Refused(f"the server at {self.url} does not load models on request ({exc.message()}): "
+                              "restart it with TRITON_MODEL_CONTROL_MODE=explicit") from None
+
+    def index(self) -> dict[str, str]:
+        """{model: state} of the repository index."""
+        return {entry["name"]: entry.get("state", "") for entry in self._call(self.client.get_model_repository_index)}
+
+    def config(self, name: str) -> dict:
+        return self._call(self.client.get_model_config, name)
+
+    def load(self, name: str, config: dict | None = None) -> None:
+        """Load `name` (a config override loads it with that config, whatever the repository holds)."""
+        self._call(self.client.load_model, name, **({"config": json.dumps(config)} if config is not None else {}))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def model_digests(repository: Path) -> dict[str, str]:
+    """A digest of each model folder's files (names and contents)."""
+    from scripts.build import sha256_tree
+
+    return {path.parent.name: sha256_tree(path.parent) for path in sorted(repository.glob(f"*/{CONFIG_FILENAME}"))}
+
+
+def smoke_images(bundle: Bundle, layout: Layout) -> list[Path]:
+    from scripts.demo import heldout_images
+
+    held_out = [path for _, path in heldout_images(layout.heldout)]
+    step = max(1, len(held_out) // SMOKE_HELDOUT)
+    return bundle.warmup_images + held_out[::step][:SMOKE_HELDOUT]
+
+
+def top1(url: str, admin_key: str | None, images: list[Path], model: str) -> list[str]:
+    """The top label of each image through the served ensemble (the project's client, over HTTP)."""
+    from client import ImageClassifierClient
+
+    with ImageClassifierClient(url, protocol="http", model=model, admin_key=admin_key, timeout=60) as classifier:
+        return [result.top.label if result.ok else f"error: {result.error}" for result in classifier.classify(images, top_k=1)]
+
+
+def gpu_artifacts_stale(bundle: Bundle) -> list[str]:
+    """Why the GPU box's builder must run before this edit can go live ([] = it need not)."""
+    from scripts import engine, preprocess
+
+    pipeline = bundle.artifact(bundle.preprocess.model_name, DALI_PIPELINE)
+    try:
+        made_from = json.loads(preprocess.recipe_path(pipeline).read_text())
+    except (OSError, ValueError):
+        made_from = None
+    reasons = []
+    if made_from != json.loads(json.dumps(preprocess.recipe(bundle.preprocess))):
+        reasons.append(f"{pipeline} was not serialized for this preprocessing config")
+    plan = bundle.artifact(bundle.classifier.model_name, TENSORRT_PLAN)
+    metadata = plan_metadata.read(plan)
+    if metadata is None:
+        return [*reasons, f"{plan} has no engine metadata (build the engine first)"]
+    try:
+        if plan_metadata.profile(metadata) != engine.profile_for(bundle.classifier):
+            reasons.append(f"the engine's batch profile {plan_metadata.profile(metadata)} is not the config's "
+                           f"{engine.profile_for(bundle.classifier)}")
+    except (ValueError, engine.EngineError) as exc:
+        reasons.append(str(exc))
+    if plan_metadata.inputs(metadata).get(bundle.classifier.input_name) != list(bundle.classifier.input_dims):
+        reasons.append("the classifier's input dims changed")
+    return reasons
+
+
+@dataclasses.dataclass
+class Apply:
+    layout: Layout
+    flavor: str
+    server: LiveServer
+    admin_key: str | None
+    model: str | None = None  # what the build exports: default, what the last build did
+    expect_change: bool = False
+    progress: Callable[[str], None] = print
+
+    @property
+    def live(self) -> Path:
+        return self.layout.flavor(self.flavor)
+
+    @property
+    def work(self) -> Path:
+        return self.layout.build_dir / "apply"
+
+    def step(self, name: str, message: str) -> None:
+        self.progress(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {message}")
+
+    def run(self) -> Outcome:
+        started = time.monotonic()
+        changed: list[str] = []
+        differences: list[Difference] = []
+        try:
+            self.server.check()
+            try:
+                bundle = load_bundle(self.live)  # what the server runs (on the GPU box: ops' edited repository)
+            except ConfigError as exc:
+                raise Refused(str(exc)) from None
+            images = smoke_images(bundle, self.layout)
+            before_top1 = top1(self.server.url, self.admin_key, images, bundle.ensemble.name)
+            previous = self.snapshot()
+            previous_configs = {name: self.server.config(name) for name in previous}
+            try:
+                self.rebuild()
+                self.check_repository()
+                differences = diff_live(self.live, self.server.url, self.server.headers)
+                changed = self.changed_models(previous, differences)
+            except (Refused, ConfigError) as exc:
+                self.restore(previous)
+                raise Refused(str(exc)) from None
+            self.step("diff", f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from what the server runs"
+                      if changed else "nothing differs from what the server runs")
+            if not changed:
+                return Outcome(NOTHING, changed, differences, time.monotonic() - started)
+            failure = self.load(changed, bundle) or self.verify(changed, images, before_top1, bundle)
+            if failure is None:
+                return Outcome(APPLIED, changed, differences, time.monotonic() - started)
+            self.roll_back(changed, previous, previous_configs, bundle)
+            return Outcome(ROLLED_BACK, changed, differences, time.monotonic() - started, failure)
+        except Refused as exc:
+            self.progress(f"refused: {exc}")
+            return Outcome(REFUSED, changed, differences, time.monotonic() - started, str(exc))
+        except Unreachable as exc:
+            self.progress(f"error: {exc}")
+            return Outcome(UNREACHABLE, changed, differences, time.monotonic() - started, str(exc))
+
+    # -- the steps -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, str]:
+        """Keep a copy of the live repository's files (generated flavors) and return each model's digest."""
+        if self.flavor != GPU:
+            target = self.work / "previous"
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(self.live, target)
+        return model_digests(self.live)
+
+    def restore(self, previous: dict[str, str]) -> None:
+        """Put the snapshot's files back (generated flavors); the committed repository is ops' to edit."""
+        if self.flavor == GPU:
+            return
+        staging = self.live.with_name(self.live.name + ".restore")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(self.work / "previous", staging)
+        shutil.rmtree(self.live)
+        staging.rename(self.live)
+
+    def rebuild(self) -> None:
+        if self.flavor == GPU:
+            stale = gpu_artifacts_stale(load_bundle(self.layout.repository))
+            if stale:
+                raise Refused("the builder must run first (" + "; ".join(stale) + "): "
+                              "`docker compose run --rm builder`, then apply again")
+            self.step("rebuild", "the gpu flavor's artifacts fit the configs")
+            return
+        model = self.model or recorded_model(self.layout) or DEMO_MODEL
+        self.step("rebuild", f"the {self.flavor} flavor ({model} model), only what the edit invalidates")
+        from scripts.backends import BackendBuildError
+        from scripts.build import BuildError
+        from scripts.export import ExportError
+        from scripts.intake import IntakeError
+
+        try:
+            results = Builder(self.layout, model=model, progress=lambda m: self.progress(f"      {m}")).run((self.flavor,))
+        except (BuildError, ExportError, IntakeError, BackendBuildError) as exc:
+            raise Refused(f"the build failed: {exc}") from None
+        built = [r.name for r in results if r.status == "built"]
+        self.progress(f"      rebuilt: {', '.join(built) or 'nothing'}")
+
+    def check_repository(self) -> None:
+        report = validate(self.live, flavor=self.flavor, require_artifacts=True)
+        if not report.ok(strict=True):
+            shown = [str(f) for f in report.findings if f.severity != "note"]
+            raise Refused(f"{report.summary()}\n" + "\n".join(shown))
+        self.step("validate", report.summary())
+
+    def changed_models(self, previous: dict[str, str], differences: list[Difference]) -> list[str]:
+        """Models whose config differs from the live one, or whose files the rebuild changed, steps first."""
+        current = model_digests(self.live)
+        names = {d.model for d in differences} | {name for name in current if current[name] != previous.get(name)}
+        ensemble = load_bundle(self.layout.repository).ensemble.name
+        return sorted(names, key=lambda name: (name == ensemble, name))
+
+    def load(self, changed: list[str], bundle: Bundle) -> str | None:
+        """Load the changed models; the failure, if one fails."""
+        from tritonclient.utils import InferenceServerException
+
+        # More than one: load the ensemble, and Triton reloads its changed steps together before it,
+        # so that steps whose tensors changed together never serve half-changed.
+        targets = changed if len(changed) == 1 else [bundle.ensemble.name]
+        for name in targets:
+            started = time.monotonic()
+            try:
+                self.server.load(name)
+            except InferenceServerException as exc:
+                self.step("load", f"{name} failed to load: {exc.message()}")
+                return f"{name} failed to load: {exc.message()}"
+            self.step("load", f"{name} loaded in {time.monotonic() - started:.2f}s")
+        return None
+
+    def verify(self, changed: list[str], images: list[Path], before: list[str], bundle: Bundle) -> str | None:
+        """Every model ready, the live configs the intended ones, the same answers; the failure, if any."""
+        not_ready = {name: state for name, state in self.server.index().items() if state != "READY"}
+        if not_ready:
+            return f"models not ready after the load: {not_ready}"
+        remaining = diff_live(self.live, self.server.url, self.server.headers)
+        if remaining:
+            return "the live configs are not the intended ones: " + "; ".join(map(str, remaining))
+        after = top1(self.server.url, self.admin_key, images, bundle.ensemble.name)
+        moved = [(image.name, old, new) for image, old, new in zip(images, before, after, strict=True) if old != new]
+        if moved and not self.expect_change:
+            return (f"{len(moved)} of {len(images)} smoke images changed their top-1 (e.g. {moved[0][0]}: "
+                    f"{moved[0][1]} -> {moved[0][2]}); pass --expect-change if the edit is meant to change results")
+        self.step("verify", f"all models ready, live configs as intended, top-1 of {len(images)} images "
+                            + (f"changed for {len(moved)} (expected)" if moved else "unchanged"))
+        return None
+
+    def roll_back(self, changed: list[str], previous: dict[str, str], configs: dict[str, dict], bundle: Bundle) -> None:
+        """The previous files back in place, and each changed model loaded with the config it ran before."""
+        self.restore(previous)
+        for name in changed:
+            if name in configs:
+                self.server.load(name, config=configs[name])
+        left = diff_live(self.live, self.server.url, self.server.headers) if self.flavor != GPU else []
+        self.step("roll back", "the previous configs are live again" + (f", but: {left}" if left else "")
+                  + f"; {self.layout.repository} still holds the edit: fix it and apply again")
+
+
+def audit(layout: Layout, record: dict) -> Path:
+    """Append one record to build/apply/audit.jsonl (never the admin key)."""
+    path = layout.build_dir / "apply" / "audit.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "user": getpass.getuser(), "pid": os.getpid(), **record}
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return path
+
+
+def apply(layout: Layout, flavor: str, url: str, admin_key: str | None, model: str | None = None,
+          expect_change: bool = False, progress: Callable[[str], None] = print) -> Outcome:
+    server = LiveServer(url, admin_key)
+    try:
+        outcome = Apply(layout, flavor, server, admin_key, model, expect_change, progress).run()
+    finally:
+        server.close()
+    audit(layout, outcome.record(flavor=flavor, server=url))
+    return outcome

@@ -1,0 +1,226 @@
+"""`python -m scripts apply` against a real tritonserver in explicit model control mode, with a steady
+gRPC and HTTP load running through every apply: no request may fail, whatever the outcome."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import tritonclient.http as httpclient
+
+from client.defaults import ADMIN_KEY_ENV
+from client.images import prepare
+from loadtest.loop import LoopResult, closed_loop
+from scripts.apply import model_digests
+from scripts.build import Builder
+from scripts.config import load_bundle, read_config, write_config
+from scripts.constants import CONFIG_FILENAME, LOCAL
+from scripts.demo import heldout_images
+from scripts.layout import PROJECT, Layout
+from scripts.serve import local_server
+from scripts.validate import diff_live
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def base(built, tmp_path_factory):
+    """A project of its own (committed configs copied), built once with the demo's ONNX model as a user
+    model, so that edits rebuild in seconds instead of retraining."""
+    root = tmp_path_factory.mktemp("apply-base")
+    shutil.copy2(built.onnx, root / "model.onnx")
+    layout = Layout(root / "model_repository", root / "build")
+    shutil.copytree(built.repository, layout.repository)
+    Builder(layout, model=str(root / "model.onnx"), progress=lambda m: None).run((LOCAL,))
+    return layout
+
+
+@pytest.fixture
+def project(base, tmp_path):
+    """A fresh copy of the base project (stamps and all, so nothing rebuilds) and its server, explicit mode."""
+    layout = Layout(tmp_path / "model_repository", tmp_path / "build")
+    shutil.copytree(base.repository, layout.repository)
+    shutil.copytree(base.build_dir, layout.build_dir, symlinks=True)
+    with local_server(layout, log_path=tmp_path / "server.log", model_control="explicit") as server:
+        yield layout, server
+
+
+def edit(layout: Layout, model: str, change) -> None:
+    """Ops' edit of a committed config (through the protobuf, for brevity)."""
+    path = layout.repository / model / CONFIG_FILENAME
+    config = read_config(path)
+    change(config)
+    write_config(config, path)
+
+
+def apply_under_load(layout: Layout, server, *extra: str) -> tuple[subprocess.CompletedProcess, dict[str, LoopResult]]:
+    """Run `python -m scripts apply` while gRPC and HTTP clients send requests back to back, from before
+    it starts until after it ends."""
+    bundle = load_bundle(layout.flavor(LOCAL))  # what is live (ops' edit may not even parse)
+    images = [prepare(path) for _, path in heldout_images(layout.heldout)[:32]]
+    names = (bundle.preprocess.input_name, bundle.classifier.output_name)
+    stop, results = threading.Event(), {}
+
+    def loop(protocol: str) -> None:
+        url = server.grpc_url if protocol == "grpc" else server.http_url
+        results[protocol] = closed_loop(protocol, url, bundle.ensemble.name, names, images, 2, 600.0, stop=stop)
+
+    threads = [threading.Thread(target=loop, args=(protocol,)) for protocol in ("grpc", "http")]
+    for thread in threads:
+        thread.start()
+    try:
+        stop.wait(1.0)  # the load is running before apply starts
+        done = subprocess.run([sys.executable, "-m", "scripts", "apply", "--repository", str(layout.repository),
+                               "--build-dir", str(layout.build_dir), "--url", server.http_url, "--json", *extra],
+                              capture_output=True, text=True, cwd=PROJECT, timeout=300,
+                              env={**__import__("os").environ, ADMIN_KEY_ENV: server.admin_key})
+        stop.wait(1.0)  # ... and after it ends
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return done, results
+
+
+def assert_no_request_failed(results: dict[str, LoopResult]) -> None:
+    for protocol, result in results.items():
+        assert result.latencies_ms, f"{protocol}: no request completed during the apply"
+        assert result.failures == 0, f"{protocol}: {result.failures} requests failed, e.g. {result.first_failure}"
+
+
+def live_config(server, model: str) -> dict:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        return client.get_model_config(model, headers=server.admin_headers)
+    finally:
+        client.close()
+
+
+def outcome(done: subprocess.CompletedProcess) -> dict:
+    assert done.stdout, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_batching_change_goes_live_with_no_failed_request(project):
+    layout, server = project
+    edit(layout, "preprocess", lambda c: setattr(c.dynamic_batching, "max_queue_delay_microseconds", 400))
+    done, results = apply_under_load(layout, server)
+    assert done.returncode == 0, done.stderr
+    record = outcome(done)
+    assert (record["result"], record["changed"]) == ("applied", ["preprocess"])
+    assert "apply: changed=preprocess result=applied seconds=" in done.stderr
+    assert live_config(server, "preprocess")["dynamic_batching"]["max_queue_delay_microseconds"] == 400
+    assert diff_live(layout.flavor(LOCAL), server.http_url, server.admin_headers) == []
+    assert_no_request_failed(results)
+
+
+def test_a_preprocessing_change_is_rebuilt_and_goes_live_with_no_failed_request(project):
+    layout, server = project
+    pipeline = layout.flavor(LOCAL) / "preprocess" / "1" / "model.dali"
+    before = pipeline.read_bytes()
+    edit(layout, "preprocess", lambda c: c.parameters["resize_shorter"].__setattr__("string_value", "80"))
+    done, results = apply_under_load(layout, server)
+    assert done.returncode == 0, done.stderr
+    assert "dali: built" in done.stderr, "the edit re-serializes the DALI pipeline"
+    assert outcome(done)["changed"] == ["preprocess"], "the classifier and the ensemble stay as they were"
+    assert pipeline.read_bytes() != before
+    assert live_config(server, "preprocess")["parameters"]["resize_shorter"]["string_value"] == "80"
+    assert_no_request_failed(results)
+
+
+def test_a_change_that_fails_to_load_is_rolled_back_with_no_failed_request(project):
+    layout, server = project
+    previous = model_digests(layout.flavor(LOCAL))
+    # A typo Triton only finds when the model loads: the thread count is not a number.
+    edit(layout, "classifier", lambda c: c.parameters["intra_op_thread_count"].__setattr__("string_value", "1O"))
+    done, results = apply_under_load(layout, server)
+    assert done.returncode == 3, done.stderr
+    record = outcome(done)
+    assert record["result"] == "rolled-back" and "classifier failed to load" in record["reason"]
+    assert live_config(server, "classifier")["parameters"]["intra_op_thread_count"]["string_value"] == "1"
+    assert model_digests(layout.flavor(LOCAL)) == previous, "the previous files are back in place"
+    assert diff_live(layout.flavor(LOCAL), server.http_url, server.admin_headers) == []
+    assert_no_request_failed(results)
+    audit = [json.loads(line) for line in (layout.build_dir / "apply" / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["result"] == "rolled-back" and audit[-1]["changed"] == ["classifier"]
+    assert audit[-1]["diff"][0]["field"] == "parameters[intra_op_thread_count]"
+    assert server.admin_key not in (layout.build_dir / "apply" / "audit.jsonl").read_text() + done.stdout + done.stderr
+
+
+def test_an_edit_that_changes_answers_is_rolled_back_unless_expected(project):
+    layout, server = project
+    # Resized this far, the center crop holds a fraction of each shape: the model sees something else.
+    edit(layout, "preprocess", lambda c: c.parameters["resize_shorter"].__setattr__("string_value", "300"))
+    done, results = apply_under_load(layout, server)
+    assert done.returncode == 3, done.stderr
+    assert "smoke images changed their top-1" in outcome(done)["reason"]
+    assert live_config(server, "preprocess")["parameters"]["resize_shorter"]["string_value"] == "73"
+    assert_no_request_failed(results)
+    done, results = apply_under_load(layout, server, "--expect-change")
+    assert done.returncode == 0 and outcome(done)["result"] == "applied", done.stderr
+    assert live_config(server, "preprocess")["parameters"]["resize_shorter"]["string_value"] == "300"
+    assert_no_request_failed(results)
+
+
+def test_an_invalid_edit_is_refused_and_nothing_changes(project):
+    layout, server = project
+    previous = model_digests(layout.flavor(LOCAL))
+    edit(layout, "preprocess", lambda c: c.parameters["std"].__setattr__("string_value", "0.2,0,0.2"))
+    done, results = apply_under_load(layout, server)
+    assert done.returncode == 1, done.stderr
+    assert "parameters[std]" in outcome(done)["reason"]
+    assert model_digests(layout.flavor(LOCAL)) == previous
+    assert diff_live(layout.flavor(LOCAL), server.http_url, server.admin_headers) == []
+    assert_no_request_failed(results)
+
+
+def test_unreachable_server_wrong_key_and_a_server_that_does_not_load_on_request(base, tmp_path):
+    layout = Layout(base.repository, tmp_path / "build")
+    shutil.copytree(base.build_dir, layout.build_dir, symlinks=True)
+    command = [sys.executable, "-m", "scripts", "apply", "--repository", str(layout.repository),
+               "--build-dir", str(layout.build_dir)]
+    down = subprocess.run([*command, "--url", "127.0.0.1:1", "--admin-key", "x"], capture_output=True, text=True,
+                          cwd=PROJECT, timeout=60)
+    assert down.returncode == 2 and "result=unreachable" in down.stdout, down.stdout + down.stderr
+    with local_server(layout, log_path=tmp_path / "none.log") as server:  # model control mode none
+        wrong = subprocess.run([*command, "--url", server.http_url, "--admin-key", "wrong"], capture_output=True,
+                               text=True, cwd=PROJECT, timeout=60)
+        assert wrong.returncode == 2 and "refused the admin key" in wrong.stdout, wrong.stdout
+        none = subprocess.run([*command, "--url", server.http_url, "--admin-key", server.admin_key], capture_output=True,
+                              text=True, cwd=PROJECT, timeout=60)
+        assert none.returncode == 1 and "TRITON_MODEL_CONTROL_MODE=explicit" in none.stdout, none.stdout
+    assert server.admin_key not in (layout.build_dir / "apply" / "audit.jsonl").read_text()
+    assert Path(layout.build_dir / "apply" / "audit.jsonl").read_text().count("\n") == 3
+
+
+def test_on_the_gpu_box_apply_stops_when_the_builder_must_run_first(tmp_path):
+    """The engine and the nvJPEG pipeline are built in the builder container: apply checks that they fit the
+    edited configs (their metadata) before loading anything, and names the command when they do not."""
+    from scripts import plan_metadata, preprocess
+    from scripts.apply import gpu_artifacts_stale
+    from scripts.constants import DALI_PIPELINE, TENSORRT_PLAN
+    from scripts.engine import profile_for
+
+    repository = tmp_path / "model_repository"
+    shutil.copytree(Layout().repository, repository)
+    bundle = load_bundle(repository)
+    pipeline = bundle.artifact(bundle.preprocess.model_name, DALI_PIPELINE)
+    preprocess.recipe_path(pipeline).write_text(json.dumps(preprocess.recipe(bundle.preprocess)))
+    plan = bundle.artifact(bundle.classifier.model_name, TENSORRT_PLAN)
+    plan_metadata.write(plan, plan_metadata.describe(profile_for(bundle.classifier),
+                                                     {bundle.classifier.input_name: bundle.classifier.input_dims}))
+    assert gpu_artifacts_stale(bundle) == []
+
+    edited = Layout(repository)
+    edit(edited, "preprocess", lambda c: c.parameters["resize_shorter"].__setattr__("string_value", "80"))
+    assert [reason for reason in gpu_artifacts_stale(load_bundle(repository)) if DALI_PIPELINE in reason]
+    edit(edited, "preprocess", lambda c: c.parameters["resize_shorter"].__setattr__("string_value", "73"))
+    for model in (bundle.classifier.model_name, bundle.ensemble.name, bundle.preprocess.model_name):
+        edit(edited, model, lambda c: setattr(c, "max_batch_size", 16))
+    reasons = gpu_artifacts_stale(load_bundle(repository))
+    assert any("batch profile" in reason for reason in reasons) and any(DALI_PIPELINE in reason for reason in reasons)
