@@ -9,9 +9,9 @@ comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 REPO ?= model_repository
-# Source archives of Triton's backends, for machines that cannot reach GitHub: the development machines
-# keep them beside the checkout (../shared/vendor/triton-backends). Unset: the build clones them.
-export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends))
+# Source archives of Triton's backends, for machines that cannot reach GitHub (CI, the development
+# machines): their shared snapshots, beside the checkout or at /work/shared. None there: the build clones.
+export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends /work/shared/vendor/triton-backends))
 
 .PHONY: help install build backends serve apply validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
 

@@ -21,7 +21,11 @@ class LoopResult:
     requests_per_s: float  # answered requests (failures excluded) per second of the run
     latencies_ms: list[float]  # of the answered requests
     failures: int
-    first_failure: str | None  # what the server said, to put in a report
+    first_failure: str | None  # what the server (or the connection) said, to put in a report
+    answered_at: list[float]  # time.monotonic() when each answered request came back
+
+    def answered_between(self, start: float, end: float) -> int:
+        return sum(start <= moment <= end for moment in self.answered_at)
 
 
 def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], images: Sequence[PreparedImage], concurrency: int,
@@ -29,13 +33,12 @@ def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], ima
     """`concurrency` threads, one client each, one image per request, back to back, for `seconds` or
     until `stop` is set.
 
-    A failed request is counted and the loop goes on (a load test must outlive the errors it
-    measures). top_k 0 asks for the raw output.
+    A failed request, whatever failed (the server, the connection), is counted and the loop goes on:
+    a load test must outlive the errors it measures. top_k 0 asks for the raw output.
     """
-    from tritonclient.utils import InferenceServerException
-
     module = triton_module(protocol, aio=False)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    answered: list[list[float]] = [[] for _ in range(concurrency)]
     failures: list[str] = []
     deadline = time.monotonic() + seconds
 
@@ -48,8 +51,9 @@ def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], ima
             try:
                 client.infer(model, inputs, outputs=outputs)
                 latencies[index].append((time.perf_counter() - began) * 1000)
-            except InferenceServerException as exc:
-                failures.append(str(exc))
+                answered[index].append(time.monotonic())
+            except Exception as exc:  # counted and reported; the user keeps going
+                failures.append(f"{type(exc).__name__}: {exc}")
             n += concurrency
         client.close()
 
@@ -60,4 +64,6 @@ def closed_loop(protocol: str, url: str, model: str, names: tuple[str, str], ima
     for thread in threads:
         thread.join()
     flat = [value for values in latencies for value in values]
-    return LoopResult(len(flat) / (time.monotonic() - started), flat, len(failures), failures[0] if failures else None)
+    moments = sorted(moment for values in answered for moment in values)
+    return LoopResult(len(flat) / (time.monotonic() - started), flat, len(failures), failures[0] if failures else None,
+                      moments)

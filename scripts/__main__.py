@@ -149,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--expect-change", action="store_true",
                        help="the edit is meant to change results: a different top-1 on the smoke images is not a failure")
     apply.add_argument("--json", action="store_true", help="print the outcome as JSON (progress goes to stderr)")
+    apply.add_argument("--mark-loaded", action="store_true",
+                       help="only record the flavor's repository as what the server has loaded (where the server "
+                            "starts on it: `make serve` does it itself, the compose builder for the gpu flavor)")
 
     diff = commands.add_parser("diff", help="compare committed configs with what a running server reports",
                                description="Show, for each model of the repository, the configured fields whose live value "
@@ -267,8 +270,11 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from scripts.apply import apply
+    from scripts.apply import apply, mark_loaded
 
+    if args.mark_loaded:
+        print(f"recorded {mark_loaded(_layout(args), args.flavor)}")
+        return EXIT_OK
     try:
         url = args.url or defaults.url("http")
         admin_key = args.admin_key or defaults.admin_key()
@@ -353,6 +359,9 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signum, _interrupt)
     try:
         with server:
+            from scripts.apply import mark_loaded
+
+            mark_loaded(layout, args.flavor)  # what this server loaded: `make apply` compares edits with it
             print(f"""
 ready: model "{ensemble}"
   gRPC     {server.grpc_url}

@@ -174,6 +174,28 @@ def gpu_artifacts_stale(bundle: Bundle) -> list[str]:
     return reasons
 
 
+def loaded_record(layout: Layout, flavor: str) -> Path:
+    """Where the digests of what the server loaded are kept, per flavor."""
+    return layout.build_dir / "apply" / f"loaded-{flavor}.json"
+
+
+def mark_loaded(layout: Layout, flavor: str) -> Path:
+    """Record the flavor's repository as what the server has loaded: `make serve` does when its server is
+    ready, apply after each change, the GPU box's builder before the server starts on its output."""
+    path = loaded_record(layout, flavor)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(model_digests(layout.flavor(flavor)), indent=2))
+    return path
+
+
+def _touch(folder: Path) -> None:
+    """Make a model folder newer than what the server loaded: Triton reloads a model only when something
+    in its folder is newer (core model_repository_manager.cc, ModelTimestamp::IsModified)."""
+    now = time.time_ns()
+    for path in [*folder.rglob("*"), folder]:
+        os.utime(path, ns=(now, now))
+
+
 @dataclasses.dataclass
 class Apply:
     layout: Layout
@@ -189,8 +211,8 @@ class Apply:
         return self.layout.flavor(self.flavor)
 
     @property
-    def work(self) -> Path:
-        return self.layout.build_dir / "apply"
+    def snapshot_dir(self) -> Path:
+        return self.layout.build_dir / "apply" / "previous"
 
     def step(self, name: str, message: str) -> None:
         self.progress(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {message}")
@@ -199,6 +221,13 @@ class Apply:
         started = time.monotonic()
         changed: list[str] = []
         differences: list[Difference] = []
+        snapshot = False
+
+        def outcome(result: str, reason: str = "") -> Outcome:
+            if reason:
+                self.progress(f"{result}: {reason}")
+            return Outcome(result, changed, differences, time.monotonic() - started, reason)
+
         try:
             self.server.check()
             try:
@@ -206,50 +235,93 @@ class Apply:
             except ConfigError as exc:
                 raise Refused(str(exc)) from None
             images = smoke_images(bundle, self.layout)
-            before_top1 = top1(self.server.url, self.admin_key, images, bundle.ensemble.name)
-            previous = self.snapshot()
-            previous_configs = {name: self.server.config(name) for name in previous}
+            before = top1(self.server.url, self.admin_key, images, bundle.ensemble.name)
+            broken = [label for label in before if label.startswith("error")]
+            if broken:
+                raise Refused(f"the server fails the smoke images before any change ({broken[0]}): fix that first")
+            loaded = self.loaded_digests()
+            previous_configs = self.live_configs()
+            snapshot = self.snapshot()
             try:
                 self.rebuild()
                 self.check_repository()
                 differences = diff_live(self.live, self.server.url, self.server.headers)
-                changed = self.changed_models(previous, differences)
-            except (Refused, ConfigError) as exc:
-                self.restore(previous)
+            except (Refused, ConfigError, PermissionError) as exc:
+                self.restore()
                 raise Refused(str(exc)) from None
+            changed = self.changed_models(loaded, differences, bundle)
             self.step("diff", f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from what the server runs"
                       if changed else "nothing differs from what the server runs")
             if not changed:
-                return Outcome(NOTHING, changed, differences, time.monotonic() - started)
-            failure = self.load(changed, bundle) or self.verify(changed, images, before_top1, bundle)
+                return outcome(NOTHING)
+            failure = self.load(changed, bundle)
+            failure = failure or self.verify(images, before)
             if failure is None:
-                return Outcome(APPLIED, changed, differences, time.monotonic() - started)
-            self.roll_back(changed, previous, previous_configs, bundle)
-            return Outcome(ROLLED_BACK, changed, differences, time.monotonic() - started, failure)
+                mark_loaded(self.layout, self.flavor)
+                return outcome(APPLIED)
+            self.roll_back(changed, previous_configs, bundle)
+            mark_loaded(self.layout, self.flavor)
+            return outcome(ROLLED_BACK, failure)
         except Refused as exc:
-            self.progress(f"refused: {exc}")
-            return Outcome(REFUSED, changed, differences, time.monotonic() - started, str(exc))
+            return outcome(REFUSED, str(exc))
         except Unreachable as exc:
-            self.progress(f"error: {exc}")
-            return Outcome(UNREACHABLE, changed, differences, time.monotonic() - started, str(exc))
+            if snapshot and changed:
+                self.restore()  # the server went away mid-change: at least the files are what it last ran
+            return outcome(UNREACHABLE, str(exc))
+        except Exception as exc:  # anything else: report it, and undo what was done
+            reason = f"{type(exc).__name__}: {exc}"
+            if not changed:
+                if snapshot:
+                    self.restore()
+                return outcome(REFUSED, reason)
+            try:
+                self.roll_back(changed, previous_configs, bundle)
+            except Exception as failure:  # the rollback too: say so, with both reasons
+                if snapshot:
+                    self.restore()
+                return outcome(UNREACHABLE, f"{reason}; the rollback failed too: {type(failure).__name__}: {failure}")
+            return outcome(ROLLED_BACK, reason)
 
     # -- the steps -----------------------------------------------------------------------------
-    def snapshot(self) -> dict[str, str]:
-        """Keep a copy of the live repository's files (generated flavors) and return each model's digest."""
-        if self.flavor != GPU:
-            target = self.work / "previous"
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(self.live, target)
-        return model_digests(self.live)
+    def loaded_digests(self) -> dict[str, str]:
+        """What the server loaded: its record, else the repository as it is before this apply rebuilds it."""
+        try:
+            return json.loads(loaded_record(self.layout, self.flavor).read_text())
+        except (OSError, ValueError):
+            if self.flavor == GPU:
+                self.progress(f"      no record of what the server loaded ({loaded_record(self.layout, self.flavor)}): "
+                              "only config differences can be seen")
+            return model_digests(self.live)
 
-    def restore(self, previous: dict[str, str]) -> None:
-        """Put the snapshot's files back (generated flavors); the committed repository is ops' to edit."""
+    def live_configs(self) -> dict[str, dict]:
+        """The config each served model runs with now (what a rollback loads back)."""
+        from tritonclient.utils import InferenceServerException
+
+        configs = {}
+        for name, state in self.server.index().items():
+            if state == "READY":
+                try:
+                    configs[name] = self.server.config(name)
+                except InferenceServerException:
+                    continue
+        return configs
+
+    def snapshot(self) -> bool:
+        """Keep a copy of the live repository's files (generated flavors: the committed ones are ops')."""
+        if self.flavor == GPU:
+            return False
+        shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+        shutil.copytree(self.live, self.snapshot_dir)
+        return True
+
+    def restore(self) -> None:
+        """Put the snapshot's files back (generated flavors)."""
         if self.flavor == GPU:
             return
         staging = self.live.with_name(self.live.name + ".restore")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(self.work / "previous", staging)
-        shutil.rmtree(self.live)
+        shutil.copytree(self.snapshot_dir, staging)
+        shutil.rmtree(self.live, ignore_errors=True)
         staging.rename(self.live)
 
     def rebuild(self) -> None:
@@ -281,39 +353,49 @@ class Apply:
             raise Refused(f"{report.summary()}\n" + "\n".join(shown))
         self.step("validate", report.summary())
 
-    def changed_models(self, previous: dict[str, str], differences: list[Difference]) -> list[str]:
-        """Models whose config differs from the live one, or whose files the rebuild changed, steps first."""
+    def changed_models(self, loaded: dict[str, str], differences: list[Difference], bundle: Bundle) -> list[str]:
+        """Models whose config differs from the live one, or whose files differ from what the server loaded,
+        steps first."""
         current = model_digests(self.live)
-        names = {d.model for d in differences} | {name for name in current if current[name] != previous.get(name)}
-        ensemble = load_bundle(self.layout.repository).ensemble.name
-        return sorted(names, key=lambda name: (name == ensemble, name))
+        names = {d.model for d in differences} | {name for name in current if current[name] != loaded.get(name)}
+        return sorted(names, key=lambda name: (name == bundle.ensemble.name, name))
 
-    def load(self, changed: list[str], bundle: Bundle) -> str | None:
-        """Load the changed models; the failure, if one fails."""
+    def load(self, changed: list[str], bundle: Bundle, configs: dict[str, dict] | None = None,
+             step: str = "load") -> str | None:
+        """Load the changed models; the failure, if one fails. With `configs`, each with its config override."""
         from tritonclient.utils import InferenceServerException
 
-        # More than one: load the ensemble, and Triton reloads its changed steps together before it,
-        # so that steps whose tensors changed together never serve half-changed.
-        targets = changed if len(changed) == 1 else [bundle.ensemble.name]
+        # More than one without overrides: load the ensemble, and Triton reloads its changed steps with it.
+        targets = changed if len(changed) == 1 or configs is not None else [bundle.ensemble.name]
         for name in targets:
             started = time.monotonic()
             try:
-                self.server.load(name)
+                self.server.load(name, config=configs.get(name) if configs else None)
             except InferenceServerException as exc:
-                self.step("load", f"{name} failed to load: {exc.message()}")
+                self.step(step, f"{name} failed to load: {exc.message()}")
                 return f"{name} failed to load: {exc.message()}"
-            self.step("load", f"{name} loaded in {time.monotonic() - started:.2f}s")
+            self.step(step, f"{name} loaded in {time.monotonic() - started:.2f}s")
         return None
 
-    def verify(self, changed: list[str], images: list[Path], before: list[str], bundle: Bundle) -> str | None:
-        """Every model ready, the live configs the intended ones, the same answers; the failure, if any."""
+    def serving_as_intended(self) -> str | None:
         not_ready = {name: state for name, state in self.server.index().items() if state != "READY"}
         if not_ready:
-            return f"models not ready after the load: {not_ready}"
+            return f"models not ready: {not_ready}"
         remaining = diff_live(self.live, self.server.url, self.server.headers)
         if remaining:
             return "the live configs are not the intended ones: " + "; ".join(map(str, remaining))
-        after = top1(self.server.url, self.admin_key, images, bundle.ensemble.name)
+        return None
+
+    def verify(self, images: list[Path], before: list[str]) -> str | None:
+        """Every model ready, the live configs the intended ones, the same answers; the failure, if any."""
+        failure = self.serving_as_intended()
+        if failure:
+            return failure
+        ensemble = load_bundle(self.live).ensemble.name
+        after = top1(self.server.url, self.admin_key, images, ensemble)
+        errors = [(image.name, label) for image, label in zip(images, after, strict=True) if label.startswith("error")]
+        if errors:
+            return f"{len(errors)} of {len(images)} smoke images failed after the change (e.g. {errors[0][0]}: {errors[0][1]})"
         moved = [(image.name, old, new) for image, old, new in zip(images, before, after, strict=True) if old != new]
         if moved and not self.expect_change:
             return (f"{len(moved)} of {len(images)} smoke images changed their top-1 (e.g. {moved[0][0]}: "
@@ -322,14 +404,18 @@ class Apply:
                             + (f"changed for {len(moved)} (expected)" if moved else "unchanged"))
         return None
 
-    def roll_back(self, changed: list[str], previous: dict[str, str], configs: dict[str, dict], bundle: Bundle) -> None:
-        """The previous files back in place, and each changed model loaded with the config it ran before."""
-        self.restore(previous)
-        for name in changed:
-            if name in configs:
-                self.server.load(name, config=configs[name])
-        left = diff_live(self.live, self.server.url, self.server.headers) if self.flavor != GPU else []
-        self.step("roll back", "the previous configs are live again" + (f", but: {left}" if left else "")
+    def roll_back(self, changed: list[str], configs: dict[str, dict], bundle: Bundle) -> None:
+        """The previous files back in place and reloaded as the forward load did; on the GPU box, where
+        the files are ops', each changed model loaded with the config it ran before."""
+        if self.flavor == GPU:
+            failure = self.load(changed, bundle, configs=configs, step="roll back")
+        else:
+            self.restore()
+            for name in changed:
+                _touch(self.live / name)
+            failure = self.load(changed, bundle, step="roll back")
+        state = failure or (self.serving_as_intended() if self.flavor != GPU else None)
+        self.step("roll back", ("the previous configs are live again" if state is None else f"incomplete: {state}")
                   + f"; {self.layout.repository} still holds the edit: fix it and apply again")
 
 
@@ -337,8 +423,12 @@ def audit(layout: Layout, record: dict) -> Path:
     """Append one record to build/apply/audit.jsonl (never the admin key)."""
     path = layout.build_dir / "apply" / "audit.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no name (a container run as --user <uid>)
+        user = str(os.getuid())
     entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "user": getpass.getuser(), "pid": os.getpid(), **record}
+             "user": user, "pid": os.getpid(), **record}
     with open(path, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return path
@@ -351,5 +441,5 @@ def apply(layout: Layout, flavor: str, url: str, admin_key: str | None, model: s
         outcome = Apply(layout, flavor, server, admin_key, model, expect_change, progress).run()
     finally:
         server.close()
-    audit(layout, outcome.record(flavor=flavor, server=url))
+    audit(layout, outcome.record(flavor=flavor, server=url))  # run() returns an outcome whatever happened
     return outcome

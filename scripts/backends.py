@@ -4,12 +4,14 @@ The cpu flavor (DALI backend on CPU operators + the `onnxruntime` backend) is wh
 on a host without a GPU. The `tritonserver` of nvidia-pytriton ships only the python backend; this
 builds the other two from pinned sources, against that server's backend API and the installed DALI
 and ONNX Runtime wheels, into <build>/backends/{dali,onnxruntime}/, beside the python backend, so the
-same binary serves the cpu flavor for real.
+same binary serves the cpu flavor on Triton's own backend code. That code is release 24.10's (the
+wheel's server) and dali_backend's main at the pin, not the NGC release `.env` pins, and it is linked
+against the DALI 2.4 wheel with the GPU off: the same configs and backend logic, not the same binaries.
 
 Sources are unpacked from a folder of archives ($TRITON_BACKEND_SOURCES, `<name>-<ref>.tar.gz`, for
 machines that cannot reach GitHub) or cloned at their pinned revisions. The build changes nothing in
-them by hand: each change is a patch in scripts/triton_backends/patches/ that says why. The backend
-code itself is built unmodified, as the NGC image has it. About 45 s on 2 cores.
+them by hand: each change is a patch in scripts/triton_backends/patches/ that says why; the backends'
+C++ code is built unmodified.
 """
 
 from __future__ import annotations
@@ -43,23 +45,30 @@ class Source:
     repository: str
     revision: str
     archive: str  # its file name in $TRITON_BACKEND_SOURCES
+    sha256: str  # of that archive: an archive is used only if it is this one
     paths: tuple[str, ...] = ()  # clone only these (a sparse checkout of a large repository)
 
 
+# Each archive is the repository's files at the revision (dali_backend's: the folders the build uses, and
+# its licenses); see the README beside the archives for where each came from.
 SOURCES = (
     Source("core", "https://github.com/triton-inference-server/core", "bfec7c61dc0939433f64f14e89b1973073eac8ba",
-           "core-r24.10.tar.gz"),
+           "core-r24.10.tar.gz", "a77d172b45f5582fa6a089c894d003cdcd6e81f57d941a196eb4ca93ff7d8a63"),
     Source("backend", "https://github.com/triton-inference-server/backend", "ac03a5d97403dec841ad46d0439e93db12c9268f",
-           "backend-r24.10.tar.gz"),
+           "backend-r24.10.tar.gz", "151da6fa28fbece76c7357a72e089768d4322e2382cce8b6b578424a82b4987a"),
     Source("common", "https://github.com/triton-inference-server/common", "578491fc3944f77d16a6a38e3d7691c485c47ba0",
-           "common-r24.10.tar.gz"),
+           "common-r24.10.tar.gz", "f8d42fac07949257d938261d3330ced625b33829ac02bac37fa837a4c6f6c57c"),
     Source("onnxruntime_backend", "https://github.com/triton-inference-server/onnxruntime_backend",
-           "17e5cb23a6fbeb37282eb7079dd0b580cd79530d", "onnxruntime_backend-r24.10.tar.gz"),
+           "17e5cb23a6fbeb37282eb7079dd0b580cd79530d", "onnxruntime_backend-r24.10.tar.gz",
+           "a27ce4b34a31c8dc86a306195030ce40a505e858c13a08ded10959d937be64a2"),
     Source("dali_backend", "https://github.com/triton-inference-server/dali_backend", "01783f8f28b2a29cb64b06201d9d7cc20db27f5d",
-           "dali_backend-01783f8.tar.gz"),
+           "dali_backend-01783f8.tar.gz", "a0b77dd1e10655dcef4d92366a8cbe57df6ffd7b66db7ddbf18e088b4090a66c"),
     # The ONNX Runtime C API of release 1.19 (ORT_API_VERSION 19), the one onnxruntime_backend r24.10 is
-    # written for; any newer libonnxruntime (the wheel's) still serves that API version.
+    # written for; any newer libonnxruntime (the wheel's) still serves that API version. Cloned: ONNX
+    # Runtime's own header at its release tag (its commit could not be looked up from here); the archive
+    # holds the same API version's header as vendored by yalue/onnxruntime_go.
     Source("onnxruntime_c_api", "https://github.com/microsoft/onnxruntime", "v1.19.0", "onnxruntime_c_api-1.19.tar.gz",
+           "9125f60b12b50a77d0d66b84eeabc22373bf0ff06ebc1c297007052417f59a70",
            paths=("include/onnxruntime/core/session/onnxruntime_c_api.h",)),
 )
 
@@ -122,6 +131,7 @@ class Toolchain:
 SYSTEM_NEEDS = (("a C++17 compiler (c++)", "g++", lambda: shutil.which("c++")),
                 ("make", "make", lambda: shutil.which("make")),
                 ("patch", "patch", lambda: shutil.which("patch")),
+                ("git (to fetch the sources when no archives are given)", "git", lambda: shutil.which("git")),
                 ("RapidJSON headers (rapidjson/document.h)", "rapidjson-dev",
                  lambda: any(Path(root, "rapidjson", "document.h").is_file() for root in ("/usr/include", "/usr/local/include"))))
 
@@ -178,17 +188,8 @@ def archives_dir() -> Path | None:
 
 
 def pinned_sources() -> dict[str, str]:
-    """What the sources are, whichever way they arrive: repository and revision (the archives are snapshots of them)."""
-    return {source.name: f"{source.repository}@{source.revision}" for source in SOURCES}
-
-
-def archive_digests() -> dict[str, str]:
-    """The sha256 of each archive used, for the build's report."""
-    folder = archives_dir()
-    if folder is None:
-        return {}
-    archives = [folder / source.archive for source in SOURCES]
-    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in archives if path.is_file()}
+    """What the sources are, whichever way they arrive (an archive is checked against its digest before use)."""
+    return {source.name: f"{source.repository}@{source.revision} (archive sha256 {source.sha256})" for source in SOURCES}
 
 
 def _run(command: list, log: Path, what: str, **kwargs) -> None:
@@ -209,21 +210,30 @@ def fetch(source: Source, target: Path, log: Path) -> None:
         archive = folder / source.archive
         if not archive.is_file():
             raise BackendBuildError(f"{archive} not found (${SOURCES_ENV} must hold {[s.archive for s in SOURCES]})")
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != source.sha256:
+            raise BackendBuildError(f"{archive} has sha256 {digest}, not the pinned {source.sha256}: "
+                                    "it is not the source this build is pinned to")
         staging = target.with_name(target.name + ".unpack")
         shutil.rmtree(staging, ignore_errors=True)
+        # The archive is the pinned one (its digest), so extracting without the 3.12 path filter is safe too.
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
-        (top,) = list(staging.iterdir())  # each archive holds one folder
-        top.rename(target)
+            tar.extractall(staging, **safe)
+        tops = list(staging.iterdir())
+        if len(tops) != 1 or not tops[0].is_dir():
+            raise BackendBuildError(f"{archive} must hold one folder, found {[t.name for t in tops]}")
+        tops[0].rename(target)
         staging.rmdir()
         return
-    if not shutil.which("git"):
-        raise BackendBuildError(f"git is needed to clone {source.repository} (or set ${SOURCES_ENV} to a folder of archives)")
-    what = f"cloning {source.repository} at {source.revision}"
-    _run(["git", "clone", "--quiet", "--filter=blob:none", "--no-checkout", source.repository, target], log, what)
+    what = f"fetching {source.repository} at {source.revision}"
+    # One revision, not the history: onnxruntime's alone is hundreds of megabytes.
+    _run(["git", "init", "--quiet", target], log, what)
+    _run(["git", "-C", target, "remote", "add", "origin", source.repository], log, what)
+    _run(["git", "-C", target, "fetch", "--quiet", "--depth", "1", "--filter=blob:none", "origin", source.revision], log, what)
     if source.paths:
         _run(["git", "-C", target, "sparse-checkout", "set", "--no-cone", *source.paths], log, what)
-    _run(["git", "-C", target, "checkout", "--quiet", source.revision], log, what)
+    _run(["git", "-C", target, "checkout", "--quiet", "FETCH_HEAD"], log, what)
 
 
 def apply_patches(source: Path, log: Path) -> list[str]:
@@ -258,8 +268,10 @@ def _cmake(tools: Toolchain, backend: Build, sources: Path, work: Path, log: Pat
     jobs = str(os.cpu_count() or 1)
     progress(f"      compiling {backend.library} ({jobs} jobs)")
     _run([tools.cmake, "--build", build, "--target", backend.target, "-j", jobs], log, f"compiling {backend.library}", env=env)
-    (built,) = build.rglob(backend.library)
-    return built
+    built = list(build.rglob(backend.library))
+    if len(built) != 1:
+        raise BackendBuildError(f"compiling {backend.target} made {len(built)} {backend.library}; see {log}")
+    return built[0]
 
 
 def _assemble(tools: Toolchain, library: Path, folder: Path, log: Path) -> Path:
@@ -291,7 +303,10 @@ def build(backends_dir: Path, work: Path, progress: Callable[[str], None] = prin
     for source in SOURCES:
         fetch(source, sources / source.name, log)
         applied += apply_patches(sources / source.name, log)
-    ort_include = next((sources / "onnxruntime_c_api").rglob("onnxruntime_c_api.h")).parent
+    headers = list((sources / "onnxruntime_c_api").rglob("onnxruntime_c_api.h"))
+    if len(headers) != 1:
+        raise BackendBuildError(f"expected one onnxruntime_c_api.h in the onnxruntime_c_api source, found {len(headers)}")
+    ort_include = headers[0].parent
     ort_link = work / "onnxruntime-lib"
     ort_link.mkdir()
     (ort_link / "libonnxruntime.so").symlink_to(tools.onnxruntime_library)  # what find_library(onnxruntime) looks for
@@ -316,7 +331,7 @@ def build(backends_dir: Path, work: Path, progress: Callable[[str], None] = prin
         shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         (staging / name).rename(target)
-    return {"patches": applied, "versions": tools.versions(), "archives": archive_digests(),
+    return {"patches": applied, "versions": tools.versions(),
             "summary": ", ".join(f"{backends_dir / name / library.name}" for name, library in libraries.items())}
 
 

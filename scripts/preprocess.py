@@ -8,7 +8,6 @@ Sizes and normalization come from the preprocessing model's config (`PreprocessS
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from pathlib import Path
 
@@ -57,9 +56,10 @@ def build_pipeline(spec: PreprocessSpec, flavor: str):
 
 
 def recipe(spec: PreprocessSpec) -> dict:
-    """What a serialized pipeline was made from: written beside a `model.dali` that outlives the build
-    (the gpu flavor's, in model_repository/), so that a config edit it no longer fits is noticed."""
-    return {"preprocess": dataclasses.asdict(spec)}
+    """What a serialized pipeline bakes in: written beside a `model.dali` that outlives the build (the
+    gpu flavor's, in model_repository/), so that a config edit it no longer fits is noticed. The DALI
+    backend takes num_threads from the config itself: not part of it."""
+    return {field: getattr(spec, field) for field in (*COMPUTED_FROM, "input_name", "max_batch_size")}
 
 
 def recipe_path(pipeline: Path) -> Path:

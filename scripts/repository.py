@@ -50,8 +50,8 @@ def _unbatched_dali(config: ModelConfig, threads: int) -> None:
 
     When dynamic batching merges requests, the DALI backend gathers their inputs with cudaMemcpyAsync,
     which fails on a host without a CUDA driver (cudaErrorInsufficientDriver; dali_backend
-    src/dali_executor/io_buffer.cc): measured here with 8 concurrent clients, 10,657 of 12,763 requests
-    failed. One request per execution never takes that path. Parallelism then comes from instances:
+    src/dali_executor/io_buffer.cc; tests/test_cpu_flavor.py reproduces it, README "The four ways to
+    run" has the figures). One request per execution never takes that path. Parallelism then comes from instances:
     ops' budget (instances x num_threads) becomes that many single-threaded instances, since one
     image per execution keeps a second pipeline thread idle. Measured on 2 cores, 16 concurrent
     clients: 1 instance x 2 threads 300 images/s, 2 instances x 1 thread 496 images/s.

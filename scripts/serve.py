@@ -103,13 +103,17 @@ def server_environment() -> dict[str, str]:
 
 
 def missing_backends(repository: Path, backends: Path) -> list[str]:
-    """The backends the models of `repository` use that `backends` does not hold (python comes with the server)."""
+    """The backends the models of `repository` use that `backends` does not hold (python comes with the server).
+
+    Triton loads backend <name> from <backend directory>/<name>/libtriton_<name>.so.
+    """
     platform_backend = {platform: backend for backend, platform in BACKEND_PLATFORM.items()}
     needed = set()
     for path in Path(repository).glob(f"*/{CONFIG_FILENAME}"):
         config = read_config(path)
         needed.add(config.backend or platform_backend.get(config.platform, ""))
-    return sorted(name for name in needed - {"", PYTHON_BACKEND} if not (Path(backends) / name).is_dir())
+    needed -= {"", PYTHON_BACKEND}
+    return sorted(name for name in needed if not (Path(backends) / name / f"libtriton_{name}.so").is_file())
 
 
 def _terminate_with_parent() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -43,15 +44,18 @@ def git(*args, cwd):
 def test_sources_are_cloned_at_their_pinned_revision_when_no_archives_are_given(tmp_path, monkeypatch):
     """The clone path, against a local repository holding two revisions: the pinned one is checked out,
     only the listed paths of a sparse source, and the project's patch applies to it."""
-    archives = os.environ.get(backends.SOURCES_ENV) or str(PROJECT.parent / "shared" / "vendor" / "triton-backends")
+    archives = os.environ.get(backends.SOURCES_ENV, "")
     common = next(s for s in backends.SOURCES if s.name == "common")
     if not (Path(archives) / common.archive).is_file():
-        pytest.skip(f"no source archive of {common.name} to make a repository from (${backends.SOURCES_ENV})")
+        pytest.skip(f"no source archive of {common.name} to make a repository from (${backends.SOURCES_ENV}, set by make)")
     origin = tmp_path / "origin"
     with tarfile.open(Path(archives) / common.archive) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
     shutil.copytree(next((tmp_path / "unpacked").iterdir()), origin)
     git("init", "-q", cwd=origin)
+    # As GitHub does: a commit can be fetched by its id, and a fetch can leave the file contents out.
+    git("config", "uploadpack.allowReachableSHA1InWant", "true", cwd=origin)
+    git("config", "uploadpack.allowFilter", "true", cwd=origin)
     git("add", "-A", cwd=origin)
     git("commit", "-q", "-m", "pinned", cwd=origin)
     pinned = subprocess.run(["git", "rev-parse", "HEAD"], cwd=origin, capture_output=True, text=True).stdout.strip()
@@ -61,22 +65,42 @@ def test_sources_are_cloned_at_their_pinned_revision_when_no_archives_are_given(
 
     monkeypatch.delenv(backends.SOURCES_ENV, raising=False)
     log = tmp_path / "log"
-    source = backends.Source("common", origin.as_uri(), pinned, common.archive)
+    source = backends.Source("common", origin.as_uri(), pinned, common.archive, common.sha256)
     backends.fetch(source, tmp_path / "common", log)
     assert (tmp_path / "common" / "src" / "CMakeLists.txt").is_file() and not (tmp_path / "common" / "LATER").exists()
     assert backends.apply_patches(tmp_path / "common", log) == ["common.patch"]
     assert "add_subdirectory(test)" not in (tmp_path / "common" / "src" / "CMakeLists.txt").read_text()
 
-    sparse = backends.Source("sparse", origin.as_uri(), pinned, common.archive, paths=("src/CMakeLists.txt",))
+    sparse = backends.Source("sparse", origin.as_uri(), pinned, common.archive, common.sha256, paths=("src/CMakeLists.txt",))
     backends.fetch(sparse, tmp_path / "sparse", log)
     files = [p for p in (tmp_path / "sparse").rglob("*") if p.is_file() and ".git" not in p.parts]
     assert [p.relative_to(tmp_path / "sparse").as_posix() for p in files] == ["src/CMakeLists.txt"]
 
 
-def test_a_missing_archive_is_named(tmp_path, monkeypatch):
+def test_a_missing_or_different_archive_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(backends.SOURCES_ENV, str(tmp_path))
-    with pytest.raises(backends.BackendBuildError, match=rf"{backends.SOURCES[0].archive} not found"):
-        backends.fetch(backends.SOURCES[0], tmp_path / "out", tmp_path / "log")
+    source = backends.SOURCES[0]
+    with pytest.raises(backends.BackendBuildError, match=rf"{source.archive} not found"):
+        backends.fetch(source, tmp_path / "out", tmp_path / "log")
+    with tarfile.open(tmp_path / source.archive, "w:gz") as tar:  # right name, other content
+        tar.add(PROJECT / "scripts" / "triton_backends", arcname="core")
+    with pytest.raises(backends.BackendBuildError, match="not the pinned"):
+        backends.fetch(source, tmp_path / "out", tmp_path / "log")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_build_stamp_changes_with_what_the_backends_are_built_from(built, tmp_path, monkeypatch):
+    """A patch, the CMake include or a pinned source changing makes `make backends` rebuild (the stamp's inputs)."""
+    builder = Builder(built, progress=lambda message: None)
+    before = builder.backends_inputs()
+    patches = tmp_path / "patches"
+    shutil.copytree(backends.PATCHES, patches)
+    (patches / "common.patch").write_text((patches / "common.patch").read_text() + "\n")
+    monkeypatch.setattr(backends, "PATCHES", patches)
+    assert builder.backends_inputs()["patches"] != before["patches"]
+    moved = (dataclasses.replace(backends.SOURCES[0], revision="0" * 40), *backends.SOURCES[1:])
+    monkeypatch.setattr(backends, "SOURCES", moved)
+    assert builder.backends_inputs()["sources"] != before["sources"]
 
 
 @pytest.mark.integration
