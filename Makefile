@@ -13,16 +13,19 @@ REPO ?= model_repository
 # machines): their shared snapshots, beside the checkout or at /work/shared. None there: the build clones.
 export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends /work/shared/vendor/triton-backends))
 
-.PHONY: help install build backends serve apply validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
+.PHONY: help install build backends serve apply doctor validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
+# One marker per set of extras: .installed-build-dali-... (make install), .installed-client (doctor, verify).
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet -e '.[$(subst -,$(comma),$*)]'
 	touch $@
+# What the GPU box's host needs for the doctor and verify: the project and its client, not the build.
+HOST_TOOLS := $(VENV)/.installed-client
 
 install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,dali,local,client,loadtest,bench,test)
 
@@ -37,6 +40,9 @@ serve: build $(if $(filter cpu,$(FLAVOR)),backends)  ## build, then serve FLAVOR
 
 apply: install  ## put edits of model_repository/ live on the running server (TRITON_MODEL_CONTROL_MODE=explicit), or roll back; FLAVOR=local|cpu|gpu
 	$(PY) -m scripts apply --flavor $(FLAVOR) $(ARGS)
+
+doctor: $(HOST_TOOLS)  ## on the GPU box, before `docker compose up`: Docker, driver, GPUs, toolkit, .env, ports, admin key, disk
+	$(PY) -m scripts doctor $(ARGS)
 
 validate: install  ## check a model repository (REPO=model_repository, or build/repos/cpu, build/repos/local)
 	$(PY) -m scripts validate '$(REPO)'
@@ -57,11 +63,11 @@ lint: install  ## ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade) and th
 test: lint  ## the linters, then unit and integration tests (GPU tests are skipped)
 	$(PY) -m pytest
 
-test-gpu:  ## on the GPU box: the GPU tests, in the builder container (TensorRT + DALI of the server's release)
-	docker compose run --rm --no-deps builder python -m pytest -m gpu -p no:cacheprovider tests
-
-verify:  ## on the GPU box: start the stack if needed, then GPU tests + live checks against the server
+test-gpu:  ## on the GPU box: every GPU test, in the builder image, against the running stack (starts it if needed)
 	COMPOSE_PROFILES=gpu,verify docker compose run --rm verify
+
+verify: $(HOST_TOOLS)  ## after `docker compose up` (or `make serve FLAVOR=...`): one table to paste back when something is off
+	$(PY) -m scripts verify $(if $(filter command line,$(origin FLAVOR)),--flavor $(FLAVOR)) $(ARGS)
 
 compose-config:  ## validate docker-compose.yml for every profile, offline
 	for p in gpu cpu gpu,verify gpu,loadtest gpu,apply; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done

@@ -1,10 +1,11 @@
-# The builder: the TensorRT container of the same NGC release as the server, plus this project's
-# build dependencies and the server's DALI version. It builds the TensorRT plan and serializes the
-# DALI pipelines with the exact TensorRT and DALI versions the server loads them with.
+# The builder: the TensorRT container of the same NGC release as the server (a plan loads only in the
+# TensorRT that built it), plus this project's build dependencies, all from the default package index.
+# No DALI here has to match the server's: the cpu and gpu flavors ship the pipeline as dali.py, which
+# the server's own DALI serializes when it loads the model. The DALI installed here (the project's
+# release, built for CUDA 13) serializes the local flavor's CPU pipeline and runs the GPU tests.
 ARG NGC_RELEASE
 FROM nvcr.io/nvidia/tensorrt:${NGC_RELEASE}-py3
 
-ARG DALI_VERSION
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp
 
 # A venv that still sees the container's own TensorRT Python module (never install another one).
@@ -18,11 +19,8 @@ COPY pyproject.toml README.md /src/
 COPY scripts /src/scripts
 COPY client /src/client
 COPY loadtest /src/loadtest
-# The `build` extra has no DALI: the only DALI here is the server's.
-RUN pip install --no-cache-dir "/src[build,loadtest,test]" "nvidia-dali-cuda130==${DALI_VERSION}" \
- && python -c "import tensorrt, nvidia.dali as d; print('TensorRT', tensorrt.__version__, 'DALI', d.__version__); \
-assert d.__version__ == '${DALI_VERSION}', 'installed DALI differs from DALI_VERSION'"
-ENV DALI_VERSION=${DALI_VERSION}
+RUN pip install --no-cache-dir "/src[build,dali-cuda13,loadtest,test]" \
+ && python -c "import tensorrt, nvidia.dali as d; print('TensorRT', tensorrt.__version__, 'DALI', d.__version__)"
 
 WORKDIR /workspace
 ENV PYTHONPATH=/workspace

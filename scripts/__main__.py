@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts build|serve|validate|diff|apply|engine|serialize-dali --help`.
+"""Command line: `python -m scripts build|serve|validate|diff|apply|doctor|verify|engine|dali-pipeline --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -18,7 +18,6 @@ from scripts.config import ConfigError
 from scripts.constants import (
     CPU,
     DALI_PIPELINE,
-    DALI_VERSION_ENV,
     DEFAULT_PRECISION,
     DEMO_MODEL,
     FLAVORS,
@@ -41,6 +40,12 @@ def _add_layout_options(parser: argparse.ArgumentParser) -> None:
                         help="the committed model repository (source of truth; default: %(default)s)")
     parser.add_argument("--build-dir", type=Path, default=DEFAULT.build_dir,
                         help="where artifacts and generated flavors go (default: %(default)s)")
+
+
+def _add_host_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-file", type=Path, default=None, help="the Compose .env (default: the project's)")
+    parser.add_argument("--admin-key-file", type=Path, default=None,
+                        help="the admin key Compose mounts (default: secrets/triton_admin_key)")
 
 
 def _layout(args: argparse.Namespace) -> Layout:
@@ -121,15 +126,16 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--timing-cache-dir", type=Path, default=None,
                         help="default: <build-dir>/trt (one cache file per TensorRT version and GPU architecture)")
     engine.add_argument("--force", action="store_true", help="rebuild even when the metadata matches")
-    engine.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+    engine.add_argument("--print-trtexec", action="store_true",
+                        help="print the equivalent trtexec command and exit (for fp16, after writing the FP16 model it builds)")
     engine.add_argument("--json", action="store_true", help="print the engine metadata as JSON")
 
-    dali = commands.add_parser("serialize-dali", help="serialize the preprocessing pipeline into the repository",
-                               description="Write <repository>/<preprocess>/1/model.dali with this environment's DALI. "
-                                           "For the gpu flavor (nvJPEG `mixed` decode) this needs a GPU, and must run "
-                                           "with the DALI version of the server (the compose builder).")
+    dali = commands.add_parser("dali-pipeline", help="write the gpu flavor's preprocessing pipeline into the repository",
+                               description="Write <repository>/<preprocess>/1/dali.py (and the graph module it imports): "
+                                           "the nvJPEG pipeline with the config's values, which the DALI backend serializes "
+                                           "with the server's own DALI when it loads the model. Needs no DALI and no GPU "
+                                           "here (the compose builder runs it).")
     _add_layout_options(dali)
-    dali.add_argument("--flavor", choices=(GPU, CPU), default=GPU, help="default: %(default)s")
 
     apply = commands.add_parser("apply", help="put an edited model_repository/ live on a running server, or roll back",
                                 description="Rebuild what the edit invalidates, validate strictly, load the models that differ "
@@ -152,6 +158,31 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--mark-loaded", action="store_true",
                        help="only record the flavor's repository as what the server has loaded (where the server "
                             "starts on it: `make serve` does it itself, the compose builder for the gpu flavor)")
+
+    doctor = commands.add_parser("doctor", help="check this host before `docker compose up` (Docker, GPU, .env, secrets)",
+                                 description="Check the host for the GPU deployment: Docker Engine and Compose, the NVIDIA "
+                                             "driver, GPUs and container toolkit, the pinned NGC release and its security "
+                                             "bulletins, .env, free ports, the admin key, disk space and the model "
+                                             "repository. Each check prints ok, warn or fail, and how to fix it. Exit "
+                                             "codes: 0 nothing failed, 1 a check failed, 2 usage.")
+    _add_layout_options(doctor)
+    _add_host_options(doctor)
+    doctor.add_argument("--json", action="store_true", help="print [{check, status, detail, fix}] as JSON")
+
+    verify = commands.add_parser("verify", help="check a running deployment: one table to paste back when something is off",
+                                 description="After `docker compose up` (or `make serve`): the doctor's summary, the "
+                                             "engine's metadata, the Triton and DALI versions the server runs, held-out "
+                                             "top-1 accuracy through the served ensemble, and throughput and latency at "
+                                             "concurrency 1 and 16 with the project's client. Exit codes: 0 nothing "
+                                             "failed, 1 a row failed, 2 usage.")
+    _add_layout_options(verify)
+    _add_host_options(verify)
+    verify.add_argument("--flavor", choices=FLAVORS, default=GPU, help="the flavor the server runs (default: %(default)s)")
+    verify.add_argument("--url", help="the server's gRPC host:port (default: as .env publishes it for the gpu flavor, "
+                                      "as `make serve` listens for the others)")
+    verify.add_argument("--seconds", type=float, default=None, help="of load at each concurrency (default: 5)")
+    verify.add_argument("--no-doctor", action="store_true", help="leave the doctor's row out (a host other than the server's)")
+    verify.add_argument("--json", action="store_true", help="print [{item, status, value}] as JSON")
 
     diff = commands.add_parser("diff", help="compare committed configs with what a running server reports",
                                description="Show, for each model of the repository, the configured fields whose live value "
@@ -178,12 +209,19 @@ def _engine(args: argparse.Namespace) -> int:
     spec = builder.bundle.classifier
     plan = builder.bundle.artifact(spec.model_name, TENSORRT_PLAN)
     cache_dir = args.timing_cache_dir or builder.layout.trt_cache
-    if args.print_trtexec:
-        print(" ".join(engine.trtexec_command(builder.layout.onnx, plan, spec, args.precision, cache_dir / "timing.cache")))
-        return EXIT_OK
     if not builder.layout.onnx.is_file():
         print(f"error: {builder.layout.onnx} not found: run `python -m scripts build` first", file=sys.stderr)
         return EXIT_USAGE
+    if args.print_trtexec:
+        typed = engine.typed_onnx_path(builder.layout.onnx, args.precision, cache_dir)
+        try:
+            if typed != builder.layout.onnx:
+                engine.write_fp16_copy(builder.layout.onnx, typed)
+        except engine.EngineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(" ".join(engine.trtexec_command(typed, plan, spec, cache_dir / "timing.cache")))
+        return EXIT_OK
     progress_stream = sys.stderr if args.json else sys.stdout
     try:
         metadata = engine.build(builder.layout.onnx, plan, spec, args.precision, cache_dir,
@@ -197,10 +235,8 @@ def _engine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serialize_dali(args: argparse.Namespace) -> int:
-    import nvidia.dali
-
-    from scripts import preprocess
+def _dali_pipeline(args: argparse.Namespace) -> int:
+    from scripts.repository import dali_model_files
     from scripts.validate import checked_bundle
 
     try:
@@ -208,21 +244,17 @@ def _serialize_dali(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    spec = bundle.preprocess
-    target = bundle.artifact(spec.model_name, DALI_PIPELINE)
-    wanted = os.environ.get(DALI_VERSION_ENV)  # set in the compose builder: the server's DALI
-    if wanted and wanted != nvidia.dali.__version__:
-        print(f"error: this DALI is {nvidia.dali.__version__} but the server's is {wanted} ({DALI_VERSION_ENV}): "
-              "the server could not load the pipeline", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        serialized = preprocess.serialize(spec, args.flavor)
-    except RuntimeError as exc:  # DALI without CUDA for the `mixed` decoder
-        print(f"error: cannot serialize the {args.flavor} pipeline here: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAILED
-    target.write_bytes(serialized)
-    preprocess.recipe_path(target).write_text(json.dumps(preprocess.recipe(spec), indent=2))
-    print(f"{target}: {len(serialized)} bytes ({args.flavor} pipeline, DALI {nvidia.dali.__version__})")
+    for filename, text in dali_model_files(bundle, GPU).items():
+        target = bundle.artifact(bundle.preprocess.model_name, filename)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"{target}: {len(text)} characters")
+    # The DALI backend would load a serialized pipeline left by an older builder instead of dali.py.
+    stale = bundle.artifact(bundle.preprocess.model_name, DALI_PIPELINE)
+    for path in (stale, stale.with_name(stale.name + ".json")):
+        if path.is_file():
+            path.unlink()
+            print(f"{path}: removed (the server loads dali.py)")
     return EXIT_OK
 
 
@@ -267,6 +299,39 @@ def _diff(args: argparse.Namespace) -> int:
             print(difference)
         print(f"{len(differences)} difference(s) between {args.repository} and the server at {args.url}")
     return EXIT_FAILED if differences else EXIT_OK
+
+
+def _host_doctor(args: argparse.Namespace):
+    from scripts import doctor
+
+    return doctor.Doctor(args.env_file or doctor.ENV_FILE, args.admin_key_file or doctor.ADMIN_KEY_FILE, _layout(args))
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from scripts import doctor
+
+    found = _host_doctor(args).run()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(check) for check in found], indent=2))
+    else:
+        print(doctor.format_checks(found))
+    return EXIT_FAILED if any(check.status == doctor.FAIL for check in found) else EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from scripts import verify
+
+    host = _host_doctor(args)
+    url = args.url or verify.default_url(args.flavor, host)
+    progress = sys.stderr if args.json else sys.stdout
+    rows = verify.verify(_layout(args), args.flavor, url, None if args.no_doctor else host,
+                         seconds=verify.SECONDS if args.seconds is None else args.seconds,
+                         progress=lambda message: print(message, file=progress, flush=True))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+    else:
+        print(verify.format_rows(rows))
+    return EXIT_FAILED if any(row.status == verify.FAIL for row in rows) else EXIT_OK
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -385,8 +450,8 @@ Ctrl-C stops the server.""", flush=True)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply, "engine": _engine,
-                "serialize-dali": _serialize_dali}
+    commands = {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply, "doctor": _doctor,
+                "verify": _verify, "engine": _engine, "dali-pipeline": _dali_pipeline}
     return commands[args.command](args)
 
 

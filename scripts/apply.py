@@ -3,7 +3,7 @@
 The day-2 loop for ops: edit config.pbtxt -> `make apply`. Each step prints its progress:
 
 1. rebuild   what the edit invalidates: the incremental build of the flavor the server runs (local, cpu);
-             on the GPU box the builder owns the engine and model.dali, so a stale one stops apply
+             on the GPU box the builder owns the engine and the pipeline's dali.py: a stale one stops apply
 2. validate  strictly (warnings too): refuse on any finding, and leave the server untouched
 3. diff      the models that differ from what the server runs: their config (the config API), or their files
 4. load      exactly those, through the repository API (one step alone; more than one: the ensemble,
@@ -34,7 +34,7 @@ from client import defaults
 from scripts import plan_metadata
 from scripts.build import Builder, recorded_model
 from scripts.config import Bundle, ConfigError, load_bundle
-from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, DEMO_MODEL, GPU, TENSORRT_PLAN
+from scripts.constants import CONFIG_FILENAME, DEMO_MODEL, GPU, TENSORRT_PLAN
 from scripts.layout import Layout
 from scripts.validate import Difference, diff_live, validate
 
@@ -149,16 +149,14 @@ def top1(url: str, admin_key: str | None, images: list[Path], model: str) -> lis
 
 def gpu_artifacts_stale(bundle: Bundle) -> list[str]:
     """Why the GPU box's builder must run before this edit can go live ([] = it need not)."""
-    from scripts import engine, preprocess
+    from scripts import engine
+    from scripts.repository import dali_model_files
 
-    pipeline = bundle.artifact(bundle.preprocess.model_name, DALI_PIPELINE)
-    try:
-        made_from = json.loads(preprocess.recipe_path(pipeline).read_text())
-    except (OSError, ValueError):
-        made_from = None
     reasons = []
-    if made_from != json.loads(json.dumps(preprocess.recipe(bundle.preprocess))):
-        reasons.append(f"{pipeline} was not serialized for this preprocessing config")
+    for filename, text in dali_model_files(bundle, GPU).items():
+        path = bundle.artifact(bundle.preprocess.model_name, filename)
+        if not path.is_file() or path.read_text() != text:
+            reasons.append(f"{path} does not hold the pipeline of this preprocessing config")
     plan = bundle.artifact(bundle.classifier.model_name, TENSORRT_PLAN)
     metadata = plan_metadata.read(plan)
     if metadata is None:

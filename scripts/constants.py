@@ -43,10 +43,10 @@ ARTIFACTS = {
     "python": (PYTHON_MODEL,),
 }
 
+# -- the admin key (docker/serve.sh refuses a shorter one too) --------------------------------------
+ADMIN_KEY_MIN_LENGTH = 32
+
 # -- how the server loads models (`make serve` and docker/serve.sh read the same variable) ---------
 MODEL_CONTROL_ENV = "TRITON_MODEL_CONTROL_MODE"
 MODEL_CONTROL_MODES = ("none", "explicit")  # never poll: a half-written file would be loaded
 DEFAULT_MODEL_CONTROL = "none"  # models load once at start; explicit: the (admin-key) repository API loads them
-
-# -- environment the compose builder sets --------------------------------------------------------
-DALI_VERSION_ENV = "DALI_VERSION"  # the DALI of the server, which must serialize its pipeline

@@ -22,3 +22,44 @@ def synchronous_pipeline(serialized: bytes, batch_size: int | None = None, devic
                                     exec_async=False, prefetch_queue_depth=1, **options)
     pipeline.build()
     return pipeline
+
+
+# What the DALI backend does to load a dali.py (dali_backend, src/model_provider/model_provider.h): import
+# the file as a module, then serialize its one @autoserialize pipeline. argv: dali.py, the target file.
+_AUTOSERIALIZE = """
+import importlib.util, sys
+try:
+    from nvidia.dali._utils.autoserialize import invoke_autoserialize
+except ImportError:
+    sys.exit(3)
+spec = importlib.util.spec_from_file_location("autoserialize_mod", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["autoserialize_mod"] = module
+spec.loader.exec_module(module)
+invoke_autoserialize(module, sys.argv[2])
+"""
+_NO_DALI = 3
+
+
+def autoserialize(script, timeout: float = 120.0) -> bytes | None:
+    """The pipeline a `dali.py` gives when the DALI backend loads it, serialized by this environment's
+    DALI in a process of its own (the file may change the import path); None when there is no DALI here.
+    RuntimeError with the last line of the error when it cannot be serialized."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        target = os.path.join(scratch, "model.dali")
+        try:
+            done = subprocess.run([sys.executable, "-c", _AUTOSERIALIZE, str(script), target], capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"did not finish in {timeout:g} s") from None
+        if done.returncode == _NO_DALI:
+            return None
+        if done.returncode != 0:
+            raise RuntimeError((done.stderr.strip().splitlines() or ["no message"])[-1])
+        with open(target, "rb") as serialized:
+            return serialized.read()

@@ -5,8 +5,16 @@ only in the TensorRT version and on the GPU architecture it was built with). Eve
 no GPU is plain Python here and unit-tested: the optimization profile from the config, the
 metadata written beside the plan (`model.plan.json`), the decision to rebuild, and the accuracy gate.
 
-Equivalent trtexec command (printed by `python -m scripts engine --print-trtexec`):
-    trtexec --onnx=model.onnx --saveEngine=model.plan --fp16 --timingCacheFile=timing.cache \
+Precision is in the network's own types (a strongly typed network): FP32 builds the ONNX model as it
+is; FP16 builds an FP16 copy of it (weights and compute in FP16, inputs and outputs in FP32 as the
+config declares them), made with onnxconverter-common. TensorRT 11 removed the FP16 builder flag
+(deprecated since 10.12) and makes every network strongly typed; TensorRT 10 needs the STRONGLY_TYPED
+creation flag, which 11 keeps and ignores. So one build path serves both, and no release is pinned
+that it cannot build for.
+
+Equivalent trtexec command (printed by `python -m scripts engine --print-trtexec`, which also writes
+the FP16 copy):
+    trtexec --onnx=model.fp16.onnx --saveEngine=model.plan --stronglyTyped --timingCacheFile=timing.cache \
             --minShapes=PIXELS:1x3x64x64 --optShapes=PIXELS:32x3x64x64 --maxShapes=PIXELS:32x3x64x64
 """
 
@@ -86,18 +94,43 @@ def stale_reasons(recorded: dict | None, target: Target) -> list[str]:
     return [f"{why}: {recorded.get(key)!r} -> {wanted[key]!r}" for key, why in labels.items() if recorded.get(key) != wanted[key]]
 
 
-def trtexec_command(onnx: Path, plan: Path, spec: ClassifierSpec, precision: str, timing_cache: Path) -> list[str]:
-    """The trtexec equivalent of `build_plan`, for people who prefer the CLI."""
+def typed_onnx_path(onnx: Path, precision: str, work_dir: Path) -> Path:
+    """The ONNX model TensorRT builds for `precision`: the model itself, or its FP16 copy in `work_dir`."""
+    return onnx if precision == FP32 else work_dir / f"{onnx.stem}.{precision}.onnx"
+
+
+def write_fp16_copy(onnx: Path, target: Path) -> Path:
+    """An FP16 copy of `onnx` whose inputs and outputs stay FP32 (the tensors the config declares).
+
+    NVIDIA's TensorRT 11 migration guide suggests ModelOpt AutoCast for this; it brings onnxruntime-gpu
+    and CUDA 12 cupy into the builder, and another numpy and onnx. The accuracy gate judges either.
+    """
+    import onnx as onnx_lib
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise EngineError("an FP16 engine needs onnxconverter-common to make the FP16 model "
+                          "(pip install 'triton-bundle[build]'), or build with --precision fp32") from exc
+    converted = float16.convert_float_to_float16(onnx_lib.load(str(onnx)), keep_io_types=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_suffix(".tmp")
+    onnx_lib.save(converted, str(staging))
+    staging.replace(target)
+    return target
+
+
+def trtexec_command(onnx: Path, plan: Path, spec: ClassifierSpec, timing_cache: Path) -> list[str]:
+    """The trtexec equivalent of `build_plan`, for people who prefer the CLI (`onnx` already typed)."""
     profile = profile_for(spec)
     dims = "x".join(str(d) for d in spec.input_dims)
-    command = [
-        "trtexec", f"--onnx={onnx}", f"--saveEngine={plan}", f"--timingCacheFile={timing_cache}",
+    return [
+        "trtexec", f"--onnx={onnx}", f"--saveEngine={plan}", "--stronglyTyped", f"--timingCacheFile={timing_cache}",
         f"--minShapes={spec.input_name}:{profile.min}x{dims}",
         f"--optShapes={spec.input_name}:{profile.opt}x{dims}",
         f"--maxShapes={spec.input_name}:{profile.max}x{dims}",
         f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}M",
     ]
-    return command + (["--fp16"] if precision == FP16 else [])
 
 
 @dataclasses.dataclass
@@ -148,22 +181,27 @@ def gpu_identity() -> tuple[str, str]:
     return name, capability
 
 
+def strongly_typed_flags(trt) -> int:
+    """create_network() flags for a strongly typed network: the flag on TensorRT 10, where it is opt-in;
+    0 where a later TensorRT no longer has it (strong typing is then the only mode)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
 # -- GPU only below: needs TensorRT and a CUDA device ------------------------------------------------
-def build_plan(onnx: Path, spec: ClassifierSpec, precision: str, timing_cache: Path, progress=print) -> bytes:
-    """Build a serialized TensorRT engine with the TensorRT Python API (explicit batch, one profile)."""
+def build_plan(onnx: Path, spec: ClassifierSpec, timing_cache: Path, progress=print) -> bytes:
+    """Build a serialized TensorRT engine of the typed `onnx` (one optimization profile)."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"{onnx}: TensorRT cannot parse the ONNX model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if precision == FP16:
-        config.set_flag(trt.BuilderFlag.FP16)
     profile = profile_for(spec)
     trt_profile = builder.create_optimization_profile()
     trt_profile.set_shape(spec.input_name, *[(size, *spec.input_dims) for size in (profile.min, profile.opt, profile.max)])
@@ -174,7 +212,8 @@ def build_plan(onnx: Path, spec: ClassifierSpec, precision: str, timing_cache: P
         progress(f"{timing_cache}: does not fit this GPU/TensorRT; starting a new timing cache")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
-    progress(f"building the TensorRT {trt.__version__} engine ({precision}, batch {profile.min}/{profile.opt}/{profile.max}) ...")
+    progress(f"building the TensorRT {trt.__version__} engine of {onnx.name} (strongly typed, batch "
+             f"{profile.min}/{profile.opt}/{profile.max}) ...")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError("TensorRT failed to build the engine (see its log above)")
@@ -239,7 +278,10 @@ def build(onnx: Path, plan: Path, spec: ClassifierSpec, precision: str, cache_di
         return plan_metadata.read(plan)
     progress(f"{plan}: building because " + "; ".join(reasons or ["--force"]))
     timing_cache = timing_cache_path(cache_dir, target.tensorrt_version, capability)
-    serialized = build_plan(onnx, spec, precision, timing_cache, progress)
+    typed = typed_onnx_path(onnx, precision, cache_dir)
+    if typed != onnx:
+        write_fp16_copy(onnx, typed)
+    serialized = build_plan(typed, spec, timing_cache, progress)
     session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     reference = session.run([spec.output_name], {spec.input_name: images})[0]
     gate = accuracy_gate(reference, run_plan(serialized, spec, images), precision)

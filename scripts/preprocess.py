@@ -1,43 +1,39 @@
 """Preprocessing: encoded image bytes in, normalized FP32 CHW tensor out.
 
-`dali_preprocessing` is the one definition of the preprocessing, used by every flavor: the `gpu`
-flavor runs it with nvJPEG (`mixed` decode), `cpu` and `local` with CPU operators. `reference`
-is the same computation in plain PIL + numpy, used to check DALI and to train the demo model.
-Sizes and normalization come from the preprocessing model's config (`PreprocessSpec`).
+The DALI graph is defined once, in `scripts/dali_pipeline.py`; this module gives it the values of the
+preprocessing model's config (`PreprocessSpec`) for each flavor: the gpu flavor decodes with nvJPEG
+(`mixed`), the cpu and local flavors with CPU operators. The local flavor runs the pipeline serialized
+here (`model.dali`); the cpu and gpu flavors carry a generated `dali.py` that the DALI backend
+serializes with the server's own DALI when it loads the model, so the DALI of the machine that builds
+never has to match the server's. `reference` is the same computation in plain PIL + numpy, used to
+check DALI and to train the demo model.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
-from pathlib import Path
 
 import numpy as np
 
-from scripts.config import PreprocessSpec
-from scripts.constants import CPU, GPU, LOCAL
+from scripts import dali_pipeline
+from scripts.config import PreprocessSpec, generated_header
+from scripts.constants import CPU, DALI_SCRIPT, GPU, LOCAL
 
 # DALI decodes on the CPU for these flavors and with nvJPEG (`mixed`: CPU parse, GPU decode) on the GPU.
 DECODE_DEVICE = {GPU: "mixed", CPU: "cpu", LOCAL: "cpu"}
+PIPELINE_MODULE = dali_pipeline.__name__.rpartition(".")[2] + ".py"  # its file name beside dali.py
+
+
+def graph_arguments(spec: PreprocessSpec, decoder: str) -> dict:
+    """The arguments of `dali_pipeline.preprocessing` for `spec`, by name."""
+    return {"input_name": spec.input_name, "resize_shorter": spec.resize_shorter, "crop": spec.crop, "mean": spec.mean,
+            "std": spec.std, "decoder": decoder}
 
 
 def dali_preprocessing(spec: PreprocessSpec, device: str):
-    """Build the DALI graph inside an active pipeline; returns the output DataNode.
-
-    decode (RGB) -> resize the shorter side to `resize_shorter` -> center crop -> normalize -> CHW float.
-    """
-    from nvidia.dali import fn, types
-
-    encoded = fn.external_source(name=spec.input_name, dtype=types.UINT8, ndim=1)
-    images = fn.decoders.image(encoded, device=device, output_type=types.RGB)
-    images = fn.resize(images, resize_shorter=spec.resize_shorter)
-    return fn.crop_mirror_normalize(
-        images,
-        crop=spec.crop,
-        mean=[255.0 * m for m in spec.mean],
-        std=[255.0 * s for s in spec.std],
-        dtype=types.FLOAT,
-        output_layout="CHW",
-    )
+    """The graph of `spec`, inside an active pipeline; returns the output DataNode."""
+    return dali_pipeline.preprocessing(**graph_arguments(spec, device))
 
 
 def build_pipeline(spec: PreprocessSpec, flavor: str):
@@ -55,20 +51,35 @@ def build_pipeline(spec: PreprocessSpec, flavor: str):
     return pipeline
 
 
-def recipe(spec: PreprocessSpec) -> dict:
-    """What a serialized pipeline bakes in: written beside a `model.dali` that outlives the build (the
-    gpu flavor's, in model_repository/), so that a config edit it no longer fits is noticed. The DALI
-    backend takes num_threads from the config itself: not part of it."""
-    return {field: getattr(spec, field) for field in (*COMPUTED_FROM, "input_name", "max_batch_size")}
-
-
-def recipe_path(pipeline: Path) -> Path:
-    return pipeline.with_name(pipeline.name + ".json")
-
-
 def serialize(spec: PreprocessSpec, flavor: str) -> bytes:
     """The serialized pipeline (`model.dali`). The `gpu` flavor needs a GPU to serialize."""
     return build_pipeline(spec, flavor).serialize()
+
+
+def dali_definition(spec: PreprocessSpec, flavor: str, source: str) -> dict[str, str]:
+    """{file name: text} of the version folder of `flavor`'s DALI model: `dali.py`, the pipeline with this
+    config's values, which the DALI backend autoserializes, and the graph module it imports."""
+    arguments = ", ".join(f"{name}={value!r}" for name, value in graph_arguments(spec, DECODE_DEVICE[flavor]).items())
+    header = "".join(f"# {line}\n" for line in generated_header(flavor, source).splitlines())
+    definition = f"""{header}# The DALI backend runs this file when it loads the model: the server's DALI serializes the pipeline.
+import os
+import sys
+
+# Loaded by file path: the graph module beside this file is not on the import path otherwise.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from dali_pipeline import preprocessing  # noqa: E402
+from nvidia.dali import pipeline_def  # noqa: E402
+from nvidia.dali.plugin.triton import autoserialize  # noqa: E402
+
+
+# device_id=None: the backend gives each model instance its device when it deserializes.
+@autoserialize
+@pipeline_def(batch_size={spec.max_batch_size}, num_threads={spec.num_threads}, device_id=None)
+def pipeline():
+    return preprocessing({arguments})
+"""
+    return {DALI_SCRIPT: definition, PIPELINE_MODULE: inspect.getsource(dali_pipeline)}
 
 
 def center_crop_box(width: int, height: int, crop: tuple[int, int]) -> tuple[int, int]:

@@ -5,7 +5,8 @@ backend/platform and instance kind, write. Model names, tensors, batching, warmu
 as ops wrote them. Files beside a config (labels, warmup samples) are copied; artifacts are placed
 in version folder 1.
 
-- `cpu`:   DALI backend on CPU operators + `onnxruntime_onnx`, all KIND_CPU (NGC image on a CPU host).
+- `cpu`:   DALI backend on CPU operators (a generated dali.py) + `onnxruntime_onnx`, all KIND_CPU
+           (NGC image on a CPU host).
 - `local`: python-backend models (`scripts/local_models/`) running the same serialized CPU DALI
            pipeline and the same ONNX model (the tritonserver shipped in nvidia-pytriton).
 """
@@ -17,7 +18,7 @@ import shutil
 from pathlib import Path
 
 import client.image_formats
-from scripts import constants, dali_runner
+from scripts import constants, dali_runner, preprocess
 from scripts.config import Bundle, ModelConfig, generated_header, model_config_pb2, write_config
 from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL, VERSION
 
@@ -33,7 +34,7 @@ LOCAL_HELPERS = {
 @dataclasses.dataclass(frozen=True)
 class Artifacts:
     onnx: Path  # model.onnx
-    dali_cpu: Path  # model.dali serialized with CPU operators
+    dali_cpu: Path  # model.dali serialized with CPU operators (the local flavor's python model runs it)
 
 
 CPU_KIND = model_config_pb2.ModelInstanceGroup.KIND_CPU
@@ -82,6 +83,13 @@ def flavor_config(bundle: Bundle, name: str, flavor: str) -> ModelConfig:
     return derived
 
 
+def dali_model_files(bundle: Bundle, flavor: str) -> dict[str, str]:
+    """{file name: text} of the version folder of `flavor`'s DALI model (cpu, gpu): a `dali.py` that the
+    DALI backend serializes with the server's own DALI when it loads the model, and the graph it imports."""
+    source = bundle.config_path(bundle.preprocess.model_name).relative_to(bundle.root.parent)
+    return preprocess.dali_definition(bundle.preprocess, flavor, source)
+
+
 def local_model_sources() -> list[Path]:
     """Every file the local flavor's python models are made of."""
     models = {LOCAL_MODELS / f"{role}.py" for role in LOCAL_HELPERS}
@@ -89,8 +97,13 @@ def local_model_sources() -> list[Path]:
 
 
 def _artifacts_for(role: str, flavor: str, artifacts: Artifacts) -> dict[str, Path]:
-    """Files for the version folder, by destination name."""
-    files = {"preprocess": {DALI_PIPELINE: artifacts.dali_cpu}, "classifier": {ONNX_MODEL: artifacts.onnx}}.get(role, {})
+    """Files copied into the version folder, by destination name."""
+    if role == "classifier":
+        files = {ONNX_MODEL: artifacts.onnx}
+    elif role == "preprocess" and flavor == LOCAL:
+        files = {DALI_PIPELINE: artifacts.dali_cpu}
+    else:
+        files = {}  # the cpu flavor's DALI model is written, not copied: see generate
     if flavor == LOCAL and role in LOCAL_HELPERS:
         files = {**files, PYTHON_MODEL: LOCAL_MODELS / f"{role}.py", **{p.name: p for p in LOCAL_HELPERS[role]}}
     return files
@@ -127,6 +140,9 @@ def generate(bundle: Bundle, flavor: str, target: Path, artifacts: Artifacts) ->
         _copy_beside_config(bundle.model_dir(name), model_dir)
         for filename, source in _artifacts_for(role, flavor, artifacts).items():
             shutil.copy2(source, model_dir / VERSION / filename)
+        if role == "preprocess" and flavor != LOCAL:
+            for filename, text in dali_model_files(bundle, flavor).items():
+                (model_dir / VERSION / filename).write_text(text)
         _keep_if_unchanged(target / name, model_dir)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

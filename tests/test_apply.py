@@ -270,18 +270,20 @@ def test_unreachable_server_wrong_key_and_a_server_that_does_not_load_on_request
 
 
 def test_on_the_gpu_box_apply_stops_when_the_builder_must_run_first(tmp_path):
-    """The engine and the nvJPEG pipeline are built in the builder container: apply checks that they fit the
-    edited configs (their metadata) before loading anything, and names the command when they do not."""
-    from scripts import plan_metadata, preprocess
+    """The engine and the nvJPEG pipeline's dali.py are written by the builder container: apply checks that
+    they fit the edited configs (dali.py's text, the plan's metadata) before loading anything, and names
+    the command when they do not."""
+    from scripts import plan_metadata
     from scripts.apply import gpu_artifacts_stale
-    from scripts.constants import DALI_PIPELINE, TENSORRT_PLAN
+    from scripts.constants import DALI_SCRIPT, GPU, TENSORRT_PLAN
     from scripts.engine import profile_for
+    from scripts.repository import dali_model_files
 
     repository = tmp_path / "model_repository"
     shutil.copytree(Layout().repository, repository)
     bundle = load_bundle(repository)
-    pipeline = bundle.artifact(bundle.preprocess.model_name, DALI_PIPELINE)
-    preprocess.recipe_path(pipeline).write_text(json.dumps(preprocess.recipe(bundle.preprocess)))
+    for filename, text in dali_model_files(bundle, GPU).items():
+        bundle.artifact(bundle.preprocess.model_name, filename).write_text(text)
     plan = bundle.artifact(bundle.classifier.model_name, TENSORRT_PLAN)
     plan_metadata.write(plan, plan_metadata.describe(profile_for(bundle.classifier),
                                                      {bundle.classifier.input_name: bundle.classifier.input_dims}))
@@ -289,9 +291,9 @@ def test_on_the_gpu_box_apply_stops_when_the_builder_must_run_first(tmp_path):
 
     edited = Layout(repository)
     edit(edited, "preprocess", lambda c: c.parameters["resize_shorter"].__setattr__("string_value", "80"))
-    assert [reason for reason in gpu_artifacts_stale(load_bundle(repository)) if DALI_PIPELINE in reason]
+    assert [reason for reason in gpu_artifacts_stale(load_bundle(repository)) if DALI_SCRIPT in reason]
     edit(edited, "preprocess", lambda c: c.parameters["resize_shorter"].__setattr__("string_value", "73"))
     for model in (bundle.classifier.model_name, bundle.ensemble.name, bundle.preprocess.model_name):
         edit(edited, model, lambda c: setattr(c, "max_batch_size", 16))
     reasons = gpu_artifacts_stale(load_bundle(repository))
-    assert any("batch profile" in reason for reason in reasons) and any(DALI_PIPELINE in reason for reason in reasons)
+    assert any("batch profile" in reason for reason in reasons) and any(DALI_SCRIPT in reason for reason in reasons)

@@ -16,6 +16,7 @@ from scripts.build import Builder
 from scripts.config import load_bundle, read_config
 from scripts.constants import CONFIG_FILENAME, CPU, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL
 from scripts.layout import Layout
+from scripts.repository import dali_model_files
 from tests.conftest import REPOSITORY
 
 
@@ -148,7 +149,12 @@ def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
                 assert getattr(generated, field) == getattr(committed, field), (flavor, name, field)
         flavor_bundle = load_bundle(built.flavor(flavor))
         assert flavor_bundle.classifier.labels == bundle.classifier.labels
-        assert served_file(built, bundle.preprocess.model_name, DALI_PIPELINE, flavor).is_file()
+        if flavor == LOCAL:  # the python model runs the pipeline serialized here
+            assert served_file(built, bundle.preprocess.model_name, DALI_PIPELINE, flavor).is_file()
+        else:  # the DALI backend serializes dali.py with the server's DALI
+            for filename, text in dali_model_files(bundle, flavor).items():
+                assert served_file(built, bundle.preprocess.model_name, filename, flavor).read_text() == text
+            assert not served_file(built, bundle.preprocess.model_name, DALI_PIPELINE, flavor).exists()
         assert served_file(built, bundle.classifier.model_name, ONNX_MODEL, flavor).is_file()
 
 

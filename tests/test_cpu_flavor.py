@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from scripts.config import model_config_pb2, read_config, write_config
 from scripts.constants import CONFIG_FILENAME, CPU, WARMUP_DIR
+from scripts.demo import MIN_DEMO_ACCURACY
 from scripts.serve import local_server
 from scripts.tritonserver import ServerError
 
@@ -96,7 +97,7 @@ def test_concurrent_load_on_the_unmodified_backends_fails_no_request(cpu_server,
     assert not failures, f"{len(failures)} of {len(images)} requests failed, e.g. {failures[0]}"
     labels = [label for label, _ in heldout] * 2
     accuracy = np.mean([bundle.classifier.labels[int(r[0].argmax())] == label for r, label in zip(results, labels, strict=True)])
-    assert accuracy >= 0.95
+    assert accuracy >= MIN_DEMO_ACCURACY
     preprocess = statistics(cpu_server, bundle.preprocess.model_name)
     assert max(preprocess["batches"]) == 1, "the DALI step must run one request per execution"
     classifier = statistics(cpu_server, bundle.classifier.model_name)

@@ -111,11 +111,51 @@ def test_timing_caches_are_kept_per_tensorrt_and_gpu(tmp_path):
 
 def test_trtexec_command_matches_the_profile(bundle, tmp_path):
     spec = dataclasses.replace(bundle.classifier, max_batch_size=32, preferred_batch_sizes=(16,))
-    command = engine.trtexec_command(tmp_path / "m.onnx", tmp_path / "m.plan", spec, "fp16", tmp_path / "t.cache")
+    command = engine.trtexec_command(tmp_path / "m.fp16.onnx", tmp_path / "m.plan", spec, tmp_path / "t.cache")
     assert f"--minShapes={spec.input_name}:1x3x64x64" in command
     assert f"--optShapes={spec.input_name}:16x3x64x64" in command
     assert f"--maxShapes={spec.input_name}:32x3x64x64" in command
-    assert "--fp16" in command and f"--timingCacheFile={tmp_path / 't.cache'}" in command
+    # TensorRT 11's trtexec has no --fp16: the precision is the model's own types.
+    assert "--stronglyTyped" in command and "--fp16" not in command
+    assert f"--onnx={tmp_path / 'm.fp16.onnx'}" in command and f"--timingCacheFile={tmp_path / 't.cache'}" in command
+
+
+def test_the_fp16_model_keeps_fp32_tensors_and_passes_the_gate_in_onnx_runtime(built, bundle, tmp_path):
+    """What TensorRT builds for fp16, run by ONNX Runtime on the CPU on every held-out image: FP16 weights,
+    the config's FP32 inputs and outputs, and scores the fp16 accuracy gate accepts."""
+    import onnx
+    import onnxruntime as ort
+
+    from scripts.build import Builder
+
+    spec = bundle.classifier
+    typed = engine.typed_onnx_path(built.onnx, "fp16", tmp_path)
+    assert engine.typed_onnx_path(built.onnx, "fp32", tmp_path) == built.onnx
+    engine.write_fp16_copy(built.onnx, typed)
+    model = onnx.load(str(typed))
+    fp32, fp16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert [(t.name, t.type.tensor_type.elem_type) for t in model.graph.input] == [(spec.input_name, fp32)]
+    assert [(t.name, t.type.tensor_type.elem_type) for t in model.graph.output] == [(spec.output_name, fp32)]
+    weights = [w for w in model.graph.initializer if w.data_type in (fp32, fp16)]
+    assert weights and all(w.data_type == fp16 for w in weights)
+
+    images = Builder(built).verification_inputs(limit=None)
+    scores = {path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+              .run([spec.output_name], {spec.input_name: images})[0] for path in (built.onnx, typed)}
+    gate = engine.accuracy_gate(scores[built.onnx], scores[typed], "fp16")
+    assert gate.samples >= 300 and gate.passed, gate
+    assert gate.max_abs_diff > 0  # it did compute in FP16
+
+
+def test_the_network_is_strongly_typed_on_tensorrt_10_and_11():
+    """TensorRT 10 takes the STRONGLY_TYPED creation flag; 11 keeps it and ignores it; a release without it
+    builds with no flag (strong typing being its only mode)."""
+    import types
+
+    with_flag = types.SimpleNamespace(NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1))
+    without = types.SimpleNamespace(NetworkDefinitionCreationFlag=types.SimpleNamespace())
+    assert engine.strongly_typed_flags(with_flag) == 1 << 1
+    assert engine.strongly_typed_flags(without) == 0
 
 
 @pytest.mark.gpu

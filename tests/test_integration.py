@@ -21,6 +21,7 @@ from client.defaults import ADMIN_HEADER
 from client.image_formats import SUPPORTED_TEXT
 from scripts.config import load_bundle, read_config
 from scripts.constants import CONFIG_FILENAME, LOCAL
+from scripts.demo import MIN_DEMO_ACCURACY
 from scripts.layout import PROJECT
 from scripts.serve import free_ports
 from tests.conftest import REPOSITORY
@@ -69,7 +70,7 @@ def test_heldout_accuracy_through_the_ensemble(any_server, heldout, protocol):
     correct = sum(result.top.label == label for result, (label, _) in zip(results, heldout, strict=True))
     accuracy = correct / len(heldout)
     print(f"{protocol}: top-1 accuracy {accuracy:.3f} on {len(heldout)} held-out images")
-    assert accuracy >= 0.95
+    assert accuracy >= MIN_DEMO_ACCURACY
 
 
 def test_grpc_and_http_return_the_same_predictions(any_server, heldout):

@@ -178,6 +178,18 @@ def _dali_garbage(repo):
     (repo / "preprocess" / "1" / "model.dali").write_bytes(b"not a pipeline")
 
 
+def _dali_script_batch(repo):
+    from scripts.config import load_bundle
+
+    batch = load_bundle(REPOSITORY).preprocess.max_batch_size
+    edit(repo / "preprocess" / "1" / "dali.py", f"batch_size={batch},", f"batch_size={batch // 2},")
+
+
+def _dali_script_unknown_operator(repo):
+    # What a pipeline written for another DALI looks like to this one: an operator it does not have.
+    edit(repo / "preprocess" / "1" / "dali_pipeline.py", "fn.resize(", "fn.resize_shorter_side(")
+
+
 def _plan_profile(repo):
     plan = repo / "classifier" / "1" / "model.plan"
     plan.write_bytes(b"engine")
@@ -221,6 +233,9 @@ MISTAKES = [
     ("onnx-tensor-names", "cpu", _onnx_names, (ERROR, "onnx-mismatch", "classifier", "input[PIXELS]")),
     ("dali-batch-differs", "cpu", _dali_batch, (WARNING, "dali-batch-mismatch", "preprocess", "max_batch_size")),
     ("dali-file-damaged", "cpu", _dali_garbage, (ERROR, "dali-unreadable", "preprocess", None)),
+    ("dali-file-beside-dali-py", "cpu", _dali_garbage, (WARNING, "dali-script-shadowed", "preprocess", "version 1")),
+    ("dali-py-batch-differs", "cpu", _dali_script_batch, (WARNING, "dali-batch-mismatch", "preprocess", "max_batch_size")),
+    ("dali-py-fails", "cpu", _dali_script_unknown_operator, (ERROR, "dali-script-fails", "preprocess", None)),
     ("engine-profile-below-max-batch", "gpu", _plan_profile, (ERROR, "plan-profile-too-small", "classifier", "max_batch_size")),
     ("engine-without-metadata", "gpu", _plan_no_metadata, (WARNING, "plan-metadata-missing", "classifier", "version 1")),
 ]
@@ -241,6 +256,18 @@ def test_each_mistake_gives_its_finding(built, tmp_path, flavor, mistake, expect
     assert finding.expected and finding.found and finding.hint and Path(finding.file).is_file()
     assert all(f.hint for f in report.findings), "every finding carries a hint"
     assert not report.ok(strict=True)
+
+
+def test_a_dali_without_a_pipeline_property_leaves_a_note_not_a_crash(built, tmp_path, monkeypatch):
+    """The server's DALI may be older than this one: what a Pipeline exposes differs between releases."""
+    from nvidia.dali import Pipeline
+
+    repo = copy(built.flavor("cpu"), tmp_path)
+    assert not validate(repo).findings
+    monkeypatch.delattr(Pipeline, "num_outputs")
+    findings = validate(repo).findings
+    assert [(f.severity, f.code) for f in findings] == [(NOTE, "dali-not-inspected")], findings
+    assert "Pipeline.num_outputs" in findings[0].expected and "AttributeError" in findings[0].found
 
 
 def test_parse_errors_carry_the_line_number(tmp_path):

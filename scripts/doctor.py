@@ -1,0 +1,321 @@
+"""Doctor: is this host ready for `docker compose up`? Each check says ok, warn or fail, what it saw,
+and for a warn or a fail the command or edit that fixes it.
+
+It runs the host's own `docker` and `nvidia-smi` (so it works, and fails clearly, on a machine with
+neither), reads `.env` and `secrets/` as Compose will, and validates the model repository. Exit code 0
+when nothing failed (warnings allowed), 1 when a check failed, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from client import defaults
+from scripts import releases
+from scripts.constants import ADMIN_KEY_MIN_LENGTH, DALI_SCRIPT, DEMO_MODEL, GPU, TENSORRT_PLAN
+from scripts.layout import PROJECT, Layout
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+SERVER_UID = 1000  # the `triton-server` user of the NGC image, which reads the mounted admin key
+COMPOSE_MIN = (2, 0)  # profiles and `service_completed_successfully` are Compose v2's
+# Free space Docker needs for this stack: the tritonserver image alone is about 15.5 GB unpacked
+# (24.06-py3, as reported by NVIDIA's forum users; later releases are not smaller), the TensorRT
+# builder image is of the same order, and the build writes a few GB more.
+DOCKER_SPACE_GB = 40
+BUILD_SPACE_GB = 5
+MIN_FREE_GPU_MEMORY_MB = 2048  # the demo engine, DALI and Triton's own use fit well under this
+ENV_FILE = PROJECT / ".env"
+ADMIN_KEY_FILE = PROJECT / "secrets" / "triton_admin_key"
+LEGACY_DALI_KEY = "DALI_VERSION"  # read by the builder until the pipeline shipped as dali.py
+BIND_ADDRESS_KEY = "TRITON_BIND_ADDRESS"  # docker-compose.yml publishes the ports on this address
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    check: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as Compose reads a .env file (comments and blank lines skipped, quotes removed)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _run(*command: str, timeout: float = 20.0) -> subprocess.CompletedProcess | None:
+    """The command's result, or None when the program is not installed."""
+    if not shutil.which(command[0]):
+        return None
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return subprocess.CompletedProcess(command, 124, "", f"timed out after {exc.timeout:g}s")
+
+
+def _json(text: str) -> dict:
+    try:
+        value = json.loads(text.strip().splitlines()[0]) if text.strip() else {}
+    except (ValueError, IndexError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def triton_answers(endpoint: defaults.Endpoint, kind: str) -> bool:
+    """Whether the port of `kind` ("http", "grpc", "metrics") is a live Triton's."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    try:
+        if kind == "grpc":
+            with grpcclient.InferenceServerClient(endpoint.grpc_url) as client:
+                return client.is_server_live(client_timeout=3)
+        if kind == "http":
+            with httpclient.InferenceServerClient(endpoint.http_url, connection_timeout=3, network_timeout=3) as client:
+                return client.is_server_live()
+        with urllib.request.urlopen(endpoint.metrics_url, timeout=3) as answer:
+            return b"nv_inference_" in answer.read()
+    except Exception:  # whatever listens there, it is not a Triton that answers
+        return False
+
+
+class Doctor:
+    def __init__(self, env_file: Path = ENV_FILE, admin_key_file: Path = ADMIN_KEY_FILE, layout: Layout | None = None):
+        self.env_file = env_file
+        self.admin_key_file = admin_key_file
+        self.layout = layout or Layout()
+        self.env = read_env_file(env_file) if env_file.is_file() else {}
+        self.docker_info: dict = {}
+
+    def endpoint(self) -> defaults.Endpoint:
+        """Where the compose stack publishes the server, as .env says."""
+        ports = {kind: int(self.env.get(key) or defaults.DEFAULT_PORTS[kind]) for kind, key in defaults.PORT_ENV.items()}
+        return defaults.Endpoint(self.env.get(BIND_ADDRESS_KEY) or defaults.DEFAULT_ADDRESS, **ports)
+
+    def run(self) -> list[Check]:
+        return [check for section in (self.docker, self.gpus, self.release, self.settings, self.repository)
+                for check in section()]
+
+    # -- Docker ----------------------------------------------------------------------------------
+    def docker(self) -> Iterator[Check]:
+        install = "install Docker Engine: https://docs.docker.com/engine/install/"
+        version = _run("docker", "version", "--format", "{{json .}}")
+        if version is None:
+            yield Check("docker-engine", FAIL, "docker: command not found", install)
+            yield Check("docker-compose", FAIL, "not checked: no docker", install)
+            yield Check("nvidia-container-toolkit", FAIL, "not checked: no docker", install)
+            return
+        server = _json(version.stdout).get("Server")
+        if not server:
+            reason = (version.stderr.strip().splitlines() or ["no answer"])[-1]
+            yield Check("docker-engine", FAIL, f"the engine does not answer: {reason}",
+                        "start it (sudo systemctl start docker), and let your user reach it "
+                        "(sudo usermod -aG docker $USER, then log in again)")
+        else:
+            yield Check("docker-engine", OK, f"Docker Engine {server.get('Version', '?')} (API {server.get('ApiVersion', '?')})")
+            self.docker_info = _json((_run("docker", "info", "--format", "{{json .}}") or version).stdout)
+        compose = _run("docker", "compose", "version", "--format", "json")
+        found = _json(compose.stdout).get("version", "") if compose else ""
+        numbers = releases.version_tuple(found.lstrip("v"))
+        if not numbers:
+            yield Check("docker-compose", FAIL, "no `docker compose` (the Compose v2 plugin)",
+                        "install it: sudo apt-get install docker-compose-plugin (Docker's apt repository)")
+        elif numbers[:2] < COMPOSE_MIN:
+            yield Check("docker-compose", FAIL, f"Compose {found}: profiles and service_completed_successfully need v2",
+                        "upgrade: sudo apt-get install docker-compose-plugin")
+        else:
+            yield Check("docker-compose", OK, f"Compose {found}")
+        if not self.docker_info:
+            yield Check("nvidia-container-toolkit", FAIL, "not checked: the engine does not answer", "start the engine first")
+            return
+        runtimes = sorted(self.docker_info.get("Runtimes") or {})
+        discovered = [device.get("ID", "") for device in self.docker_info.get("DiscoveredDevices") or []]
+        devices = [device for device in discovered if device.startswith("nvidia.com/gpu")]
+        if "nvidia" in runtimes or devices:
+            seen = "the nvidia runtime" if "nvidia" in runtimes else f"CDI devices {', '.join(devices)}"
+            yield Check("nvidia-container-toolkit", OK, f"Docker sees {seen}")
+        else:
+            yield Check("nvidia-container-toolkit", FAIL, f"Docker has no nvidia runtime and no CDI GPU devices (runtimes: "
+                        f"{', '.join(runtimes) or 'none'})",
+                        "install the NVIDIA Container Toolkit, then: sudo nvidia-ctk runtime configure --runtime=docker "
+                        "&& sudo systemctl restart docker")
+
+    # -- GPUs --------------------------------------------------------------------------------------
+    def gpus(self) -> Iterator[Check]:
+        release = releases.RELEASES.get(self.env.get("NGC_RELEASE", ""))
+        minimum = release.min_driver if release else releases.CUDA13_MIN_DRIVER
+        fields = "name,driver_version,compute_cap,memory.free,memory.total"
+        smi = _run("nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits")
+        gpus = [[part.strip() for part in line.split(",")] for line in smi.stdout.strip().splitlines()] if smi else []
+        if smi is None or smi.returncode != 0 or not gpus or any(len(gpu) != len(fields.split(",")) for gpu in gpus):
+            seen = "nvidia-smi: command not found" if smi is None else (smi.stderr or smi.stdout).strip() or "no GPU listed"
+            yield Check("nvidia-driver", FAIL, f"no NVIDIA driver answers: {seen}",
+                        f"install the NVIDIA data-center driver {minimum} or later, and reboot")
+            return
+        needs = f"CUDA {release.cuda} of NGC {release.ngc}" if release else "CUDA 13"
+        for driver in sorted({gpu[1] for gpu in gpus}):
+            if releases.version_tuple(driver) < releases.version_tuple(minimum):
+                branch = minimum.split(".")[0]
+                yield Check("nvidia-driver", FAIL, f"driver {driver}, below {minimum} (what {needs} needs)",
+                            f"install driver {minimum} or later (e.g. sudo apt-get install nvidia-driver-{branch}-server), "
+                            "then reboot")
+            else:
+                yield Check("nvidia-driver", OK, f"driver {driver} (at least {minimum}, for {needs})")
+        for index, (name, _, capability, free_mb, total_mb) in enumerate(gpus):
+            detail = f"GPU {index}: {name}, compute capability {capability}, {free_mb} of {total_mb} MiB free"
+            if releases.version_tuple(capability) < releases.version_tuple(releases.MIN_COMPUTE_CAPABILITY):
+                yield Check("gpu", FAIL, detail + f": below {releases.MIN_COMPUTE_CAPABILITY}",
+                            "the NGC images support Turing (7.5) and later GPUs: use one of those")
+            elif int(float(free_mb)) < MIN_FREE_GPU_MEMORY_MB:
+                yield Check("gpu", WARN, detail, f"free GPU memory (at least {MIN_FREE_GPU_MEMORY_MB} MiB): "
+                            "stop what uses it (nvidia-smi lists the processes)")
+            else:
+                yield Check("gpu", OK, detail)
+
+    # -- the pinned release ------------------------------------------------------------------------
+    def release(self) -> Iterator[Check]:
+        ngc = self.env.get("NGC_RELEASE", "")
+        known = ", ".join(releases.RELEASES)
+        if ngc not in releases.RELEASES:
+            yield Check("ngc-release", WARN, f"NGC_RELEASE={ngc or '(unset)'} is not one of the releases this project knows "
+                        f"({known}): its driver minimum and bulletins are not checked",
+                        f"set NGC_RELEASE in {self.env_file} to one of {known}")
+            return
+        row = releases.RELEASES[ngc]
+        yield Check("ngc-release", OK, f"NGC {ngc}: Triton {row.triton}, CUDA {row.cuda}, driver >= {row.min_driver}, "
+                    f"DALI {row.dali or 'not known'}, TensorRT {row.tensorrt or 'not known'}")
+        stale = self.env.get(LEGACY_DALI_KEY)
+        if stale is not None:
+            shipped = f" (NGC {ngc} ships DALI {row.dali})" if row.dali and row.dali != stale else ""
+            yield Check("dali-version", WARN, f"{LEGACY_DALI_KEY}={stale} in .env is no longer read{shipped}: the server's "
+                        "own DALI serializes the pipeline from dali.py, so no DALI version has to match",
+                        f"delete the {LEGACY_DALI_KEY} line from {self.env_file}")
+        affecting = releases.affecting(ngc)
+        if affecting:
+            cves = sum(len(bulletin.cves) for bulletin in affecting)
+            clear = releases.first_clear_release()
+            ids = ", ".join(sorted({bulletin.id for bulletin in affecting}))
+            newest = max(affecting, key=lambda bulletin: bulletin.published)
+            latest = [bulletin for bulletin in affecting if bulletin.id == newest.id]
+            described = "; ".join(f"{', '.join(bulletin.cves)}: {bulletin.summary}" for bulletin in latest)
+            yield Check("security", WARN, f"NGC {ngc} lacks the fixes for {cves} CVEs of Triton security bulletins {ids} "
+                        f"(the latest, {newest.id} of {newest.published}: {described}; all in scripts/releases.py)",
+                        f"move NGC_RELEASE to {clear} or later" if clear else "no known release fixes them all yet")
+        else:
+            yield Check("security", OK, f"no known Triton security bulletin affects NGC {ngc}")
+
+    # -- settings: .env, ports, the admin key, disk --------------------------------------------------
+    def settings(self) -> Iterator[Check]:
+        owner = self.layout.repository.parent.stat()
+        wanted = f"{owner.st_uid}:{owner.st_gid}"
+        builder = self.env.get("BUILDER_USER", "1000:1000")
+        if builder == wanted:
+            yield Check("builder-user", OK, f"BUILDER_USER={builder}, the checkout's owner")
+        else:
+            yield Check("builder-user", FAIL, f"BUILDER_USER={builder} but the checkout belongs to {wanted}: the builder "
+                        "could not write build/ and model_repository/",
+                        f"sed -i 's/^BUILDER_USER=.*/BUILDER_USER={wanted}/' {self.env_file}")
+        endpoint = self.endpoint()
+        for kind, key in defaults.PORT_ENV.items():
+            port = getattr(endpoint, kind)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((endpoint.address, port))
+                    yield Check(f"port-{kind}", OK, f"{endpoint.address}:{port} is free")
+                    continue
+                except OSError as exc:
+                    reason = exc.strerror
+            if triton_answers(endpoint, kind):
+                yield Check(f"port-{kind}", OK, f"{endpoint.address}:{port}: a Triton server answers (the stack is up)")
+            else:
+                yield Check(f"port-{kind}", FAIL, f"{endpoint.address}:{port} is taken or cannot be bound ({reason})",
+                            f"stop what listens there (ss -ltnp 'sport = :{port}'), or set {key} in {self.env_file}")
+        yield self.admin_key()
+        yield from self.disk()
+
+    def admin_key(self) -> Check:
+        path = self.admin_key_file
+        create = (f"openssl rand -hex 32 > {path} && sudo chgrp {SERVER_UID} {path} && chmod 0440 {path}")
+        if not path.is_file():
+            return Check("admin-key", FAIL, f"{path} does not exist: the server refuses to start without it", create)
+        status = path.stat()
+        length = len(path.read_text().strip()) if os.access(path, os.R_OK) else None
+        if length is not None and length < ADMIN_KEY_MIN_LENGTH:
+            return Check("admin-key", FAIL, f"{path} holds {length} characters, fewer than {ADMIN_KEY_MIN_LENGTH}", create)
+        mode = status.st_mode
+        # Compose mounts the file with its host owner and mode: uid/gid 1000 must be able to read it.
+        readable = ((status.st_uid == SERVER_UID and mode & 0o400) or (status.st_gid == SERVER_UID and mode & 0o040)
+                    or mode & 0o004)
+        if not readable:
+            return Check("admin-key", FAIL, f"{path} is not readable by uid {SERVER_UID} (owner {status.st_uid}:"
+                         f"{status.st_gid}, mode {oct(mode & 0o777)})", f"sudo chgrp {SERVER_UID} {path} && chmod 0440 {path}")
+        if mode & 0o004:
+            return Check("admin-key", WARN, f"{path} is readable by every user of this host (mode {oct(mode & 0o777)})",
+                         f"sudo chgrp {SERVER_UID} {path} && chmod 0440 {path}")
+        return Check("admin-key", OK, f"{path}: {length if length is not None else 'at least ' + str(ADMIN_KEY_MIN_LENGTH)} "
+                     f"characters, readable by uid {SERVER_UID}")
+
+    def disk(self) -> Iterator[Check]:
+        root = Path(self.docker_info.get("DockerRootDir") or "/var/lib/docker")
+        places = [(root if root.exists() else Path("/"), DOCKER_SPACE_GB, "Docker's images"),
+                  (self.layout.build_dir.parent, BUILD_SPACE_GB, "the build")]
+        for place, needed, what in places:
+            free = shutil.disk_usage(place).free / 1e9
+            detail = f"{free:.0f} GB free at {place} for {what} (needs about {needed} GB)"
+            if free < needed:
+                yield Check("disk", FAIL, detail, f"free space at {place} (docker system prune removes unused images)")
+            else:
+                yield Check("disk", OK, detail)
+
+    # -- the model repository ----------------------------------------------------------------------
+    def repository(self) -> Iterator[Check]:
+        from scripts.validate import validate
+
+        report = validate(self.layout.repository, flavor=GPU)
+        if not report.ok():
+            first = report.errors[0]
+            yield Check("model-repository", FAIL, f"{report.summary()}; first: {first}", "fix the configs (make validate)")
+        else:
+            yield Check("model-repository", OK, report.summary())
+        from scripts.config import load_bundle
+
+        bundle = load_bundle(self.layout.repository) if report.ok() else None
+        if bundle is None:
+            return
+        missing = [str(bundle.artifact(model, name)) for model, name in
+                   ((bundle.classifier.model_name, TENSORRT_PLAN), (bundle.preprocess.model_name, DALI_SCRIPT))
+                   if not bundle.artifact(model, name).is_file()]
+        model = self.env.get("MODEL", DEMO_MODEL)
+        if not missing:
+            yield Check("artifacts", OK, "the engine and the pipeline are built")
+        elif model == DEMO_MODEL or (self.layout.repository.parent / model).is_file():
+            yield Check("artifacts", OK, f"not built yet ({', '.join(missing)}): the compose builder builds them from "
+                        f"the {model} model")
+        else:
+            yield Check("artifacts", FAIL, f"MODEL={model} in {self.env_file}, but there is no such file in the project",
+                        "put the model file in the project and set MODEL to its path relative to it")
+
+
+def format_checks(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{check.status:<5} {check.check:<25} {check.detail}")
+        if check.fix and check.status != OK:
+            lines.append(f"{'':<31}fix: {check.fix}")
+    failed, warned = sum(c.status == FAIL for c in checks), sum(c.status == WARN for c in checks)
+    lines.append(f"doctor: {len(checks)} checks, {failed} failed, {warned} warnings")
+    return "\n".join(lines)
