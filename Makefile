@@ -6,7 +6,7 @@ MODEL ?= demo
 FLAVOR ?= local
 EXTRAS ?= build,dali,local,backends,client,loadtest,bench,test
 comma := ,
-INSTALLED := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+INSTALLED := $(VENV)/.installed-$(subst $(comma),+,$(EXTRAS))
 
 REPO ?= model_repository
 # Source archives of Triton's backends, for machines that cannot reach GitHub (CI, the development
@@ -18,11 +18,11 @@ export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vend
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-# One marker per set of extras: .installed-build-dali-... (make install), .installed-client (doctor, verify).
+# One marker per set of extras: .installed-build+dali+... (make install), .installed-client (doctor, verify).
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(subst -,$(comma),$*)]'
+	$(PY) -m pip install --quiet -e '.[$(subst +,$(comma),$*)]'
 	touch $@
 # What the GPU box's host needs for the doctor and verify: the project and its client, not the build.
 HOST_TOOLS := $(VENV)/.installed-client

@@ -52,11 +52,15 @@ def admin_key() -> str | None:
     return None
 
 
-def _port(kind: str) -> int:
-    value = os.environ.get(PORT_ENV[kind]) or str(DEFAULT_PORTS[kind])
+def parse_port(name: str, value: str) -> int:
+    """`value` of the setting `name` as a TCP port (EnvironmentValueError when it is not one)."""
     if not value.isdigit() or not 0 < int(value) < 65536:
-        raise EnvironmentValueError(f"{PORT_ENV[kind]}={value!r} is not a port number")
+        raise EnvironmentValueError(f"{name}={value!r} is not a port number")
     return int(value)
+
+
+def _port(kind: str) -> int:
+    return parse_port(PORT_ENV[kind], os.environ.get(PORT_ENV[kind]) or str(DEFAULT_PORTS[kind]))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 from scripts import backends, config, demo, export, intake, preprocess, repository, tritonserver
 from scripts import validate as validate_module
 from scripts.config import Bundle, ConfigError
-from scripts.constants import CPU, DEMO_MODEL, GENERATED_FLAVORS
+from scripts.constants import DEMO_MODEL, GENERATED_FLAVORS
 from scripts.layout import Layout
 from scripts.validate import checked_bundle, validate
 
@@ -311,7 +311,7 @@ class Builder:
         import nvidia.dali
 
         self.layout.artifacts.mkdir(parents=True, exist_ok=True)
-        self.layout.dali_cpu.write_bytes(preprocess.serialize(self.bundle.preprocess, CPU))
+        self.layout.dali_cpu.write_bytes(preprocess.serialize_cpu_pipeline(self.bundle.preprocess))
         return {"summary": f"{self.layout.dali_cpu.stat().st_size} bytes, DALI {nvidia.dali.__version__}"}
 
     # -- flavors -------------------------------------------------------------------------------
@@ -364,7 +364,7 @@ STAGES = (
           Builder.model_source, lambda b: [b.layout.demo_weights], Builder.model_run, Builder.model_skip),
     Stage("onnx", "export to ONNX with a dynamic batch; verify with onnx.checker and ONNX Runtime vs torch",
           Builder.onnx_inputs, lambda b: [b.layout.onnx], Builder.onnx_run),
-    Stage("dali", "serialize the CPU preprocessing pipeline (model.dali of the cpu and local flavors)",
+    Stage("dali", "serialize the CPU preprocessing pipeline (model.dali of the local flavor)",
           Builder.dali_inputs, lambda b: [b.layout.dali_cpu], Builder.dali_run),
     Stage("flavors", "generate the cpu and local repositories from the committed configs, and validate them",
           Builder.flavors_inputs, Builder.flavors_outputs, Builder.flavors_run),

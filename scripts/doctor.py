@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +36,11 @@ BUILD_SPACE_GB = 5
 MIN_FREE_GPU_MEMORY_MB = 2048  # the demo engine, DALI and Triton's own use fit well under this
 ENV_FILE = PROJECT / ".env"
 ADMIN_KEY_FILE = PROJECT / "secrets" / "triton_admin_key"
+RELEASE_KEY, BUILDER_USER_KEY = "NGC_RELEASE", "BUILDER_USER"
+BUILDER_USER_DEFAULT = "1000:1000"  # docker-compose.yml's ${BUILDER_USER:-...} (a test keeps the two equal)
 LEGACY_DALI_KEY = "DALI_VERSION"  # read by the builder until the pipeline shipped as dali.py
 BIND_ADDRESS_KEY = "TRITON_BIND_ADDRESS"  # docker-compose.yml publishes the ports on this address
+COMPOSE_KEYS = (RELEASE_KEY, BUILDER_USER_KEY, BIND_ADDRESS_KEY, *defaults.PORT_ENV.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +52,26 @@ class Check:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines, as Compose reads a .env file (comments and blank lines skipped, quotes removed)."""
+    """KEY=VALUE lines, as Compose reads a .env file: comments and blank lines skipped, quotes removed,
+    and an unquoted value ends at " #" (an inline comment)."""
     values = {}
     for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip().strip("'\"")
+            key, value = (part.strip() for part in line.split("=", 1))
+            if value[:1] in ("'", '"') and value[-1:] == value[:1] and len(value) > 1:
+                value = value[1:-1]
+            else:
+                value = re.split(r"\s+#", value, maxsplit=1)[0]
+            values[key] = value
     return values
+
+
+def compose_settings(path: Path) -> dict[str, str]:
+    """The values Compose interpolates: the .env file's, each overridden by a shell variable of the same
+    name (Compose's order of precedence)."""
+    values = read_env_file(path) if path.is_file() else {}
+    return {**values, **{key: os.environ[key] for key in (*values, *COMPOSE_KEYS) if key in os.environ}}
 
 
 def _run(*command: str, timeout: float = 20.0) -> subprocess.CompletedProcess | None:
@@ -65,6 +82,23 @@ def _run(*command: str, timeout: float = 20.0) -> subprocess.CompletedProcess | 
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         return subprocess.CompletedProcess(command, 124, "", f"timed out after {exc.timeout:g}s")
+
+
+def _numeric(value: str) -> bool:
+    return bool(re.fullmatch(r"\d+(\.\d+)*", value))
+
+
+def _bind_error(address: str, port: int) -> str | None:
+    """Why `address:port` cannot be listened on now, or None when it can. SO_REUSEADDR as servers set it:
+    a port in TIME_WAIT after the stack stopped is free for them."""
+    try:
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _json(text: str) -> dict:
@@ -98,12 +132,13 @@ class Doctor:
         self.env_file = env_file
         self.admin_key_file = admin_key_file
         self.layout = layout or Layout()
-        self.env = read_env_file(env_file) if env_file.is_file() else {}
+        self.env = compose_settings(env_file)
         self.docker_info: dict = {}
 
     def endpoint(self) -> defaults.Endpoint:
-        """Where the compose stack publishes the server, as .env says."""
-        ports = {kind: int(self.env.get(key) or defaults.DEFAULT_PORTS[kind]) for kind, key in defaults.PORT_ENV.items()}
+        """Where the compose stack publishes the server, as .env says (EnvironmentValueError on a bad port)."""
+        ports = {kind: defaults.parse_port(key, self.env.get(key) or str(defaults.DEFAULT_PORTS[kind]))
+                 for kind, key in defaults.PORT_ENV.items()}
         return defaults.Endpoint(self.env.get(BIND_ADDRESS_KEY) or defaults.DEFAULT_ADDRESS, **ports)
 
     def run(self) -> list[Check]:
@@ -156,44 +191,66 @@ class Doctor:
 
     # -- GPUs --------------------------------------------------------------------------------------
     def gpus(self) -> Iterator[Check]:
-        release = releases.RELEASES.get(self.env.get("NGC_RELEASE", ""))
+        release = releases.RELEASES.get(self.env.get(RELEASE_KEY, ""))
         minimum = release.min_driver if release else releases.CUDA13_MIN_DRIVER
-        fields = "name,driver_version,compute_cap,memory.free,memory.total"
-        smi = _run("nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits")
-        gpus = [[part.strip() for part in line.split(",")] for line in smi.stdout.strip().splitlines()] if smi else []
-        if smi is None or smi.returncode != 0 or not gpus or any(len(gpu) != len(fields.split(",")) for gpu in gpus):
+        fields = ("name", "driver_version", "compute_cap", "memory.free", "memory.total")
+        smi = _run("nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits")
+        rows = [[part.strip() for part in line.split(",")] for line in smi.stdout.strip().splitlines()] if smi else []
+        if smi is None or smi.returncode != 0 or not rows or any(len(row) != len(fields) for row in rows):
             seen = "nvidia-smi: command not found" if smi is None else (smi.stderr or smi.stdout).strip() or "no GPU listed"
             yield Check("nvidia-driver", FAIL, f"no NVIDIA driver answers: {seen}",
                         f"install the NVIDIA data-center driver {minimum} or later, and reboot")
             return
+        # nvidia-smi prints "[N/A]" (or "[Not Supported]") for what a GPU or a driver does not report.
+        gpus = [{field: value if field == "name" or _numeric(value) else None
+                 for field, value in zip(fields, row, strict=True)} for row in rows]
         needs = f"CUDA {release.cuda} of NGC {release.ngc}" if release else "CUDA 13"
-        for driver in sorted({gpu[1] for gpu in gpus}):
-            if releases.version_tuple(driver) < releases.version_tuple(minimum):
+        for driver in sorted({gpu["driver_version"] or "not reported" for gpu in gpus}):
+            if not _numeric(driver) or releases.version_tuple(driver) < releases.version_tuple(minimum):
                 branch = minimum.split(".")[0]
-                yield Check("nvidia-driver", FAIL, f"driver {driver}, below {minimum} (what {needs} needs)",
+                yield Check("nvidia-driver", FAIL, f"driver {driver}, below {minimum} (what {needs} needs through CUDA's "
+                            "minor version compatibility)",
                             f"install driver {minimum} or later (e.g. sudo apt-get install nvidia-driver-{branch}-server), "
-                            "then reboot")
+                            "then reboot. (On a data-center GPU, NVIDIA's forward compatibility may run the image on "
+                            "some older branches: see docs.nvidia.com/deploy/cuda-compatibility)")
             else:
                 yield Check("nvidia-driver", OK, f"driver {driver} (at least {minimum}, for {needs})")
-        for index, (name, _, capability, free_mb, total_mb) in enumerate(gpus):
-            detail = f"GPU {index}: {name}, compute capability {capability}, {free_mb} of {total_mb} MiB free"
-            if releases.version_tuple(capability) < releases.version_tuple(releases.MIN_COMPUTE_CAPABILITY):
-                yield Check("gpu", FAIL, detail + f": below {releases.MIN_COMPUTE_CAPABILITY}",
-                            "the NGC images support Turing (7.5) and later GPUs: use one of those")
-            elif int(float(free_mb)) < MIN_FREE_GPU_MEMORY_MB:
-                yield Check("gpu", WARN, detail, f"free GPU memory (at least {MIN_FREE_GPU_MEMORY_MB} MiB): "
-                            "stop what uses it (nvidia-smi lists the processes)")
-            else:
-                yield Check("gpu", OK, detail)
+        for index, gpu in enumerate(gpus):
+            yield self._gpu(index, gpu)
+
+    @staticmethod
+    def _gpu(index: int, gpu: dict) -> Check:
+        capability, free, total = gpu["compute_cap"], gpu["memory.free"], gpu["memory.total"]
+        detail = (f"GPU {index}: {gpu['name']}, compute capability {capability or 'not reported'}, "
+                  + (f"{free} of {total} MiB free" if free and total else "free memory not reported"))
+        if capability is None:
+            return Check("gpu", WARN, detail, "update the driver (nvidia-smi reports compute_cap from R510 on); the NGC "
+                         f"images need compute capability {releases.MIN_COMPUTE_CAPABILITY} or later")
+        if releases.version_tuple(capability) < releases.version_tuple(releases.MIN_COMPUTE_CAPABILITY):
+            return Check("gpu", FAIL, detail + f": below {releases.MIN_COMPUTE_CAPABILITY}",
+                         "the NGC images support Turing (7.5) and later GPUs: use one of those")
+        if free is None:
+            return Check("gpu", WARN, detail, f"check that at least {MIN_FREE_GPU_MEMORY_MB} MiB are free (nvidia-smi)")
+        if float(free) < MIN_FREE_GPU_MEMORY_MB:
+            return Check("gpu", WARN, detail, f"free GPU memory (at least {MIN_FREE_GPU_MEMORY_MB} MiB): "
+                         "stop what uses it (nvidia-smi lists the processes)")
+        return Check("gpu", OK, detail)
 
     # -- the pinned release ------------------------------------------------------------------------
     def release(self) -> Iterator[Check]:
-        ngc = self.env.get("NGC_RELEASE", "")
+        ngc = self.env.get(RELEASE_KEY, "")
         known = ", ".join(releases.RELEASES)
+        if not self.env_file.is_file():
+            yield Check("env-file", FAIL, f"{self.env_file} does not exist: Compose reads every setting from it",
+                        "restore it from the repository: git checkout -- .env")
+        if not ngc:
+            yield Check("ngc-release", FAIL, f"{RELEASE_KEY} is not set: docker compose refuses to start without it",
+                        f"set {RELEASE_KEY}={releases.first_clear_release()} in {self.env_file}")
+            return
         if ngc not in releases.RELEASES:
-            yield Check("ngc-release", WARN, f"NGC_RELEASE={ngc or '(unset)'} is not one of the releases this project knows "
+            yield Check("ngc-release", WARN, f"{RELEASE_KEY}={ngc} is not one of the releases this project knows "
                         f"({known}): its driver minimum and bulletins are not checked",
-                        f"set NGC_RELEASE in {self.env_file} to one of {known}")
+                        f"set {RELEASE_KEY} in {self.env_file} to one of {known}")
             return
         row = releases.RELEASES[ngc]
         yield Check("ngc-release", OK, f"NGC {ngc}: Triton {row.triton}, CUDA {row.cuda}, driver >= {row.min_driver}, "
@@ -214,7 +271,7 @@ class Doctor:
             described = "; ".join(f"{', '.join(bulletin.cves)}: {bulletin.summary}" for bulletin in latest)
             yield Check("security", WARN, f"NGC {ngc} lacks the fixes for {cves} CVEs of Triton security bulletins {ids} "
                         f"(the latest, {newest.id} of {newest.published}: {described}; all in scripts/releases.py)",
-                        f"move NGC_RELEASE to {clear} or later" if clear else "no known release fixes them all yet")
+                        f"move {RELEASE_KEY} to {clear} or later" if clear else "no known release fixes them all yet")
         else:
             yield Check("security", OK, f"no known Triton security bulletin affects NGC {ngc}")
 
@@ -222,52 +279,62 @@ class Doctor:
     def settings(self) -> Iterator[Check]:
         owner = self.layout.repository.parent.stat()
         wanted = f"{owner.st_uid}:{owner.st_gid}"
-        builder = self.env.get("BUILDER_USER", "1000:1000")
+        builder = self.env.get(BUILDER_USER_KEY) or BUILDER_USER_DEFAULT
         if builder == wanted:
-            yield Check("builder-user", OK, f"BUILDER_USER={builder}, the checkout's owner")
+            yield Check("builder-user", OK, f"{BUILDER_USER_KEY}={builder}, the checkout's owner")
         else:
-            yield Check("builder-user", FAIL, f"BUILDER_USER={builder} but the checkout belongs to {wanted}: the builder "
-                        "could not write build/ and model_repository/",
-                        f"sed -i 's/^BUILDER_USER=.*/BUILDER_USER={wanted}/' {self.env_file}")
-        endpoint = self.endpoint()
+            yield Check("builder-user", FAIL, f"{BUILDER_USER_KEY}={builder} but the checkout belongs to {wanted}: the "
+                        "builder could not write build/ and model_repository/",
+                        f"sed -i 's/^{BUILDER_USER_KEY}=.*/{BUILDER_USER_KEY}={wanted}/' {self.env_file}")
+        yield from self.ports()
+        yield self.admin_key()
+        yield from self.disk()
+
+    def ports(self) -> Iterator[Check]:
+        try:
+            endpoint = self.endpoint()
+        except defaults.EnvironmentValueError as exc:
+            yield Check("ports", FAIL, f"{exc} (in {self.env_file})", "set the port to a number from 1 to 65535")
+            return
         for kind, key in defaults.PORT_ENV.items():
             port = getattr(endpoint, kind)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind((endpoint.address, port))
-                    yield Check(f"port-{kind}", OK, f"{endpoint.address}:{port} is free")
-                    continue
-                except OSError as exc:
-                    reason = exc.strerror
-            if triton_answers(endpoint, kind):
+            reason = _bind_error(endpoint.address, port)
+            if reason is None:
+                yield Check(f"port-{kind}", OK, f"{endpoint.address}:{port} is free")
+            elif triton_answers(endpoint, kind):
                 yield Check(f"port-{kind}", OK, f"{endpoint.address}:{port}: a Triton server answers (the stack is up)")
             else:
                 yield Check(f"port-{kind}", FAIL, f"{endpoint.address}:{port} is taken or cannot be bound ({reason})",
                             f"stop what listens there (ss -ltnp 'sport = :{port}'), or set {key} in {self.env_file}")
-        yield self.admin_key()
-        yield from self.disk()
 
     def admin_key(self) -> Check:
         path = self.admin_key_file
-        create = (f"openssl rand -hex 32 > {path} && sudo chgrp {SERVER_UID} {path} && chmod 0440 {path}")
+        fix_mode = f"sudo chgrp {SERVER_UID} {path} && chmod 0440 {path}"
+        create = f"openssl rand -hex 32 > {path} && {fix_mode}"
         if not path.is_file():
             return Check("admin-key", FAIL, f"{path} does not exist: the server refuses to start without it", create)
         status = path.stat()
-        length = len(path.read_text().strip()) if os.access(path, os.R_OK) else None
-        if length is not None and length < ADMIN_KEY_MIN_LENGTH:
-            return Check("admin-key", FAIL, f"{path} holds {length} characters, fewer than {ADMIN_KEY_MIN_LENGTH}", create)
-        mode = status.st_mode
-        # Compose mounts the file with its host owner and mode: uid/gid 1000 must be able to read it.
-        readable = ((status.st_uid == SERVER_UID and mode & 0o400) or (status.st_gid == SERVER_UID and mode & 0o040)
-                    or mode & 0o004)
+        mode = status.st_mode & 0o777
+        # Compose mounts the file with its host owner and mode; the kernel looks at the owner's bits for
+        # the owner, the group's for a member, the others' for everyone else.
+        if status.st_uid == SERVER_UID:
+            readable = bool(mode & 0o400)
+        elif status.st_gid == SERVER_UID:
+            readable = bool(mode & 0o040)
+        else:
+            readable = bool(mode & 0o004)
+        seen = f"owner {status.st_uid}:{status.st_gid}, mode {oct(mode)}"
         if not readable:
-            return Check("admin-key", FAIL, f"{path} is not readable by uid {SERVER_UID} (owner {status.st_uid}:"
-                         f"{status.st_gid}, mode {oct(mode & 0o777)})", f"sudo chgrp {SERVER_UID} {path} && chmod 0440 {path}")
+            return Check("admin-key", FAIL, f"{path} is not readable by uid {SERVER_UID} ({seen})", fix_mode)
+        if not os.access(path, os.R_OK):
+            return Check("admin-key", WARN, f"{path} is readable by uid {SERVER_UID} ({seen}) but not by this user: its "
+                         "length is unchecked", f"sudo {sys.executable} -m scripts doctor, to check it")
+        length = len(path.read_text().strip())
+        if length < ADMIN_KEY_MIN_LENGTH:
+            return Check("admin-key", FAIL, f"{path} holds {length} characters, fewer than {ADMIN_KEY_MIN_LENGTH}", create)
         if mode & 0o004:
-            return Check("admin-key", WARN, f"{path} is readable by every user of this host (mode {oct(mode & 0o777)})",
-                         f"sudo chgrp {SERVER_UID} {path} && chmod 0440 {path}")
-        return Check("admin-key", OK, f"{path}: {length if length is not None else 'at least ' + str(ADMIN_KEY_MIN_LENGTH)} "
-                     f"characters, readable by uid {SERVER_UID}")
+            return Check("admin-key", WARN, f"{path} is readable by every user of this host ({seen})", fix_mode)
+        return Check("admin-key", OK, f"{path}: {length} characters, readable by uid {SERVER_UID}")
 
     def disk(self) -> Iterator[Check]:
         root = Path(self.docker_info.get("DockerRootDir") or "/var/lib/docker")

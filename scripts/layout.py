@@ -12,6 +12,7 @@ from pathlib import Path
 from scripts.constants import COMMITTED_FLAVOR, ONNX_MODEL
 
 PROJECT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = PROJECT / "docker-compose.yml"  # the GPU box's stack
 
 
 @dataclasses.dataclass(frozen=True)

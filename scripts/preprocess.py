@@ -36,31 +36,22 @@ def dali_preprocessing(spec: PreprocessSpec, device: str):
     return dali_pipeline.preprocessing(**graph_arguments(spec, device))
 
 
-def build_pipeline(spec: PreprocessSpec, flavor: str):
-    """A DALI pipeline for `flavor` (one of constants.FLAVORS) with the batch size of the config."""
+def serialize_cpu_pipeline(spec: PreprocessSpec) -> bytes:
+    """The pipeline with CPU operators, serialized (`model.dali`): what the local flavor's python model runs."""
     from nvidia.dali import Pipeline
 
-    device = DECODE_DEVICE[flavor]
-    pipeline = Pipeline(
-        batch_size=spec.max_batch_size,
-        num_threads=spec.num_threads,
-        device_id=0 if device == "mixed" else None,
-    )
+    pipeline = Pipeline(batch_size=spec.max_batch_size, num_threads=spec.num_threads, device_id=None)
     with pipeline:
-        pipeline.set_outputs(dali_preprocessing(spec, device))
-    return pipeline
-
-
-def serialize(spec: PreprocessSpec, flavor: str) -> bytes:
-    """The serialized pipeline (`model.dali`). The `gpu` flavor needs a GPU to serialize."""
-    return build_pipeline(spec, flavor).serialize()
+        pipeline.set_outputs(dali_preprocessing(spec, DECODE_DEVICE[LOCAL]))
+    return pipeline.serialize()
 
 
 def dali_definition(spec: PreprocessSpec, flavor: str, source: str) -> dict[str, str]:
     """{file name: text} of the version folder of `flavor`'s DALI model: `dali.py`, the pipeline with this
     config's values, which the DALI backend autoserializes, and the graph module it imports."""
     arguments = ", ".join(f"{name}={value!r}" for name, value in graph_arguments(spec, DECODE_DEVICE[flavor]).items())
-    header = "".join(f"# {line}\n" for line in generated_header(flavor, source).splitlines())
+    by = "`python -m scripts dali-pipeline` (the compose builder)" if flavor == GPU else "`make build`"
+    header = "".join(f"# {line}\n" for line in generated_header(flavor, source, by).splitlines())
     definition = f"""{header}# The DALI backend runs this file when it loads the model: the server's DALI serializes the pipeline.
 import os
 import sys

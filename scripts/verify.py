@@ -20,7 +20,7 @@ from scripts.config import Bundle, ConfigError, load_bundle
 from scripts.constants import GPU, TENSORRT_PLAN
 from scripts.demo import MIN_DEMO_ACCURACY, heldout_images
 from scripts.doctor import FAIL, OK, WARN, Doctor, format_checks
-from scripts.layout import Layout
+from scripts.layout import COMPOSE_FILE, Layout
 
 SKIP = "skip"
 CONCURRENCIES = (1, 16)
@@ -40,7 +40,8 @@ class Row:
 
 def dali_version_command(flavor: str) -> list[str]:
     if flavor == GPU:
-        return ["docker", "compose", "exec", "-T", COMPOSE_SERVER_SERVICE, "python3", "-c", _DALI_VERSION]
+        return ["docker", "compose", "-f", str(COMPOSE_FILE), "exec", "-T", COMPOSE_SERVER_SERVICE, "python3", "-c",
+                _DALI_VERSION]
     return [sys.executable, "-c", _DALI_VERSION]
 
 
@@ -139,7 +140,7 @@ def verify(layout: Layout, flavor: str, url: str, doctor: Doctor | None, concurr
     rows.append(engine_row(bundle, flavor))
     progress(f"the server at {url} ...")
     rows.extend(server_rows(url, flavor))
-    if rows[-1].item == "server" and rows[-1].status == FAIL:
+    if next(row for row in rows if row.item == "server").status == FAIL:  # not there, or not ready
         return rows
     progress("held-out accuracy through the ensemble ...")
     rows.append(accuracy_row(url, layout, bundle.ensemble.name))

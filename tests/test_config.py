@@ -133,7 +133,7 @@ def test_num_threads_defaults_to_one_and_reaches_the_serialized_pipeline(repo_co
     write_config(config, path)
     spec = load_bundle(repo_copy).preprocess
     assert spec.num_threads == 1
-    pipeline = synchronous_pipeline(preprocess.serialize(dataclasses.replace(spec, num_threads=3), "cpu"))
+    pipeline = synchronous_pipeline(preprocess.serialize_cpu_pipeline(dataclasses.replace(spec, num_threads=3)))
     assert (pipeline.num_threads, pipeline.max_batch_size) == (3, spec.max_batch_size)
 
 

@@ -18,10 +18,9 @@ from client.defaults import ADMIN_HEADER, ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, DEF
 from scripts.constants import ADMIN_KEY_MIN_LENGTH, LOCAL
 from scripts.demo import MIN_DEMO_ACCURACY
 from scripts.doctor import read_env_file
-from scripts.layout import PROJECT
+from scripts.layout import COMPOSE_FILE, PROJECT
 from scripts.serve import RESTRICTED_APIS
 
-COMPOSE_FILE = PROJECT / "docker-compose.yml"
 PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"},
             "gpu,loadtest": {"builder", "triton", "locust-master", "locust-worker"}, "gpu,apply": {"builder", "triton", "apply"}}
 
@@ -274,3 +273,15 @@ def test_make_test_gpu_runs_every_gpu_test_against_the_live_server_and_none_skip
     assert counts["tests"] >= 4 and counts["skipped"] == 0, counts
     if not Path("/dev/nvidia0").exists():
         assert counts["failures"] + counts["errors"] == counts["tests"], counts
+
+
+def test_facts_the_doctor_and_the_builder_repeat_agree_with_their_home():
+    """The compose default of BUILDER_USER (the doctor's), and one DALI release for this machine and the builder."""
+    import tomllib
+
+    from scripts.doctor import BUILDER_USER_DEFAULT
+
+    assert rendered("gpu", BUILDER_USER="")["services"]["builder"]["user"] == BUILDER_USER_DEFAULT
+    extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (here,), (builder,) = extras["dali"], extras["dali-cuda13"]
+    assert here.split("==")[1] == builder.split("==")[1] and "cuda130" in builder

@@ -171,7 +171,7 @@ def _dali_batch(repo):
     from scripts.config import load_bundle
 
     spec = dataclasses.replace(load_bundle(REPOSITORY).preprocess, max_batch_size=8)
-    (repo / "preprocess" / "1" / "model.dali").write_bytes(preprocess.serialize(spec, "cpu"))
+    (repo / "preprocess" / "1" / "model.dali").write_bytes(preprocess.serialize_cpu_pipeline(spec))
 
 
 def _dali_garbage(repo):

@@ -4,7 +4,6 @@ through the stand-ins of test_doctor; and its engine row from real plan metadata
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from scripts.config import load_bundle
 from scripts.constants import GPU, LOCAL, TENSORRT_PLAN
 from scripts.demo import MIN_DEMO_ACCURACY
 from scripts.engine import profile_for
-from scripts.layout import PROJECT
+from scripts.layout import COMPOSE_FILE, PROJECT
 from scripts.serve import free_ports
 from tests.conftest import REPOSITORY
 from tests.test_deployment import rendered
@@ -30,7 +29,7 @@ def run_verify(built, url: str, host: Host, *args: str) -> tuple[int, list[dict]
     done = subprocess.run([sys.executable, "-m", "scripts", "verify", "--flavor", LOCAL, "--url", url, "--repository",
                            str(built.repository), "--build-dir", str(built.build_dir), "--env-file", str(host.env_file),
                            "--admin-key-file", str(host.key_file), "--json", *args],
-                          capture_output=True, text=True, cwd=PROJECT, env={**os.environ, **host.environ}, timeout=300)
+                          capture_output=True, text=True, cwd=PROJECT, env=host.process_environment(), timeout=300)
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -109,7 +108,7 @@ def test_the_engine_row_reports_the_plan_metadata_the_builder_wrote(tmp_path):
 def test_the_dali_row_asks_the_server_s_own_environment(flavor):
     command = verify.dali_version_command(flavor)
     if flavor == GPU:
-        assert command[:5] == ["docker", "compose", "exec", "-T", verify.COMPOSE_SERVER_SERVICE]
+        assert command[:7] == ["docker", "compose", "-f", str(COMPOSE_FILE), "exec", "-T", verify.COMPOSE_SERVER_SERVICE]
         assert verify.COMPOSE_SERVER_SERVICE in rendered("gpu")["services"]
     else:
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
