@@ -122,13 +122,9 @@ class Tls:
     insecure: bool = False
 
     def grpc_kwargs(self) -> dict:
-        def read(path):
-            with open(path, "rb") as handle:
-                return handle.read()
-
-        return {"ssl": True, "root_certificates": self.ca_certs and read(self.ca_certs),
-                "private_key": self.client_key and read(self.client_key),
-                "certificate_chain": self.client_cert and read(self.client_cert)}
+        # tritonclient.grpc opens these files itself (it takes paths, not their contents).
+        return {"ssl": True, "root_certificates": self.ca_certs, "private_key": self.client_key,
+                "certificate_chain": self.client_cert}
 
     def ssl_context(self):
         import ssl

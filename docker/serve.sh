@@ -22,6 +22,21 @@ if [ "${#KEY}" -lt 32 ]; then
 fi
 RESTRICTED="model-repository,model-config,shared-memory,logging,trace,statistics:admin-key=$KEY"
 
+# gRPC over TLS when the TLS folder (secrets/tls, mounted read-only) holds server.crt and server.key;
+# with ca.crt too, clients must present a certificate that CA signed (mutual TLS).
+TLS_DIR=${TRITON_GRPC_TLS_DIR:-/opt/bundle/tls}
+TLS=""
+if [ -f "$TLS_DIR/server.crt" ] || [ -f "$TLS_DIR/server.key" ]; then
+  if [ ! -r "$TLS_DIR/server.crt" ] || [ ! -r "$TLS_DIR/server.key" ]; then
+    echo "error: gRPC TLS needs $TLS_DIR/server.crt and server.key, readable by uid $(id -u)" >&2
+    exit 2
+  fi
+  TLS="--grpc-use-ssl=true --grpc-server-cert=$TLS_DIR/server.crt --grpc-server-key=$TLS_DIR/server.key"
+  if [ -f "$TLS_DIR/ca.crt" ]; then
+    TLS="$TLS --grpc-root-cert=$TLS_DIR/ca.crt --grpc-use-ssl-mutual=true"
+  fi
+fi
+
 MODE=${TRITON_MODEL_CONTROL_MODE:-none}
 case "$MODE" in
   none) LOAD="" ;;
@@ -31,7 +46,7 @@ esac
 
 exec tritonserver \
   --model-repository="${TRITON_MODEL_REPOSITORY:-/models}" \
-  --model-control-mode="$MODE" $LOAD \
+  --model-control-mode="$MODE" $LOAD $TLS \
   --http-restricted-api="$RESTRICTED" \
   --grpc-restricted-protocol="$RESTRICTED" \
   --exit-on-error=true \

@@ -397,7 +397,8 @@ def _shell_path(path: Path) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from client.defaults import Endpoint, EnvironmentValueError
-    from scripts.serve import ServerError, local_server, model_control_from_env
+    from scripts.layout import SECRETS
+    from scripts.serve import GrpcTls, ServerError, local_server, model_control_from_env
     from scripts.validate import checked_bundle, validate
 
     layout = _layout(args)
@@ -406,7 +407,7 @@ def _serve(args: argparse.Namespace) -> int:
         bundle = checked_bundle(layout.repository)
         ensemble = bundle.ensemble.name
         server = local_server(layout, repo, Endpoint.from_env(), log_path=args.log_file or layout.logs / "tritonserver.log",
-                              model_control=model_control_from_env())
+                              model_control=model_control_from_env(), grpc_tls=GrpcTls.from_env(SECRETS / "tls"))
     except (ConfigError, ServerError, EnvironmentValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -427,13 +428,17 @@ def _serve(args: argparse.Namespace) -> int:
             from scripts.apply import mark_loaded
 
             mark_loaded(layout, args.flavor)  # what this server loaded: `make apply` compares edits with it
+            tls = server.grpc_tls
+            over = f" (TLS{', mutual' if tls.ca else ''}: {tls.cert})" if tls else ""
+            trust = f" --ca-certs {_shell_path(tls.ca or tls.cert)}" if tls else ""  # one CA, or a self-signed server
+            mutual = " --client-cert <your.crt> --client-key <your.key>" if tls and tls.ca else ""
             print(f"""
 ready: model "{ensemble}"
-  gRPC     {server.grpc_url}
+  gRPC     {server.grpc_url}{over}
   HTTP     http://{server.http_url}
   metrics  {server.metrics_url}
 
-try:  {_shell_path(Path(sys.executable))} -m client classify --url {server.grpc_url} {_shell_path(sample)}
+try:  {_shell_path(Path(sys.executable))} -m client classify --url {server.grpc_url}{trust}{mutual} {_shell_path(sample)}
 Ctrl-C stops the server.""", flush=True)
             server.process.wait()
             print(f"tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}", file=sys.stderr)

@@ -36,7 +36,8 @@ CUDA_RUNTIME_CMAKE = HERE / "cuda_runtime.cmake"
 DALI, ONNXRUNTIME = "dali", "onnxruntime"
 BACKENDS = (DALI, ONNXRUNTIME)
 # The release whose backend API the sources below implement: the tritonserver of this wheel.
-PINNED_FOR = {"nvidia-pytriton": "0.7.0", "tritonserver": "2.51.0", "release": "r24.10", "backend API": "1.19"}
+PINNED_FOR = {"nvidia-pytriton": tritonserver.WHEEL_VERSION, "tritonserver": tritonserver.SERVER_VERSION,
+              "release": "r24.10", "backend API": "1.19"}
 
 
 @dataclasses.dataclass(frozen=True)

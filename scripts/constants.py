@@ -50,3 +50,10 @@ ADMIN_KEY_MIN_LENGTH = 32
 MODEL_CONTROL_ENV = "TRITON_MODEL_CONTROL_MODE"
 MODEL_CONTROL_MODES = ("none", "explicit")  # never poll: a half-written file would be loaded
 DEFAULT_MODEL_CONTROL = "none"  # models load once at start; explicit: the (admin-key) repository API loads them
+
+# -- exposing a server with known unfixed CVEs (README "Security") ------------------------------------
+ALLOW_KNOWN_CVES_ENV = "TRITON_ALLOW_KNOWN_CVES"  # "1": serve such a server on a non-loopback address anyway
+
+# -- gRPC over TLS: the files of a TLS folder (secrets/tls; in compose, mounted at /opt/bundle/tls) ----
+TLS_CERT, TLS_KEY, TLS_CA = "server.crt", "server.key", "ca.crt"  # ca.crt present: clients need a certificate
+TLS_DIR_ENV = "TRITON_GRPC_TLS_DIR"  # another folder than secrets/tls (make serve, docker/serve.sh)

@@ -215,20 +215,21 @@ class Doctor:
                             "some older branches: see docs.nvidia.com/deploy/cuda-compatibility)")
             else:
                 yield Check("nvidia-driver", OK, f"driver {driver} (at least {minimum}, for {needs})")
+        lowest = release.min_compute_capability if release else releases.MIN_COMPUTE_CAPABILITY
         for index, gpu in enumerate(gpus):
-            yield self._gpu(index, gpu)
+            yield self._gpu(index, gpu, lowest)
 
     @staticmethod
-    def _gpu(index: int, gpu: dict) -> Check:
+    def _gpu(index: int, gpu: dict, lowest: str) -> Check:
         capability, free, total = gpu["compute_cap"], gpu["memory.free"], gpu["memory.total"]
         detail = (f"GPU {index}: {gpu['name']}, compute capability {capability or 'not reported'}, "
                   + (f"{free} of {total} MiB free" if free and total else "free memory not reported"))
         if capability is None:
-            return Check("gpu", WARN, detail, "update the driver (nvidia-smi reports compute_cap from R510 on); the NGC "
-                         f"images need compute capability {releases.MIN_COMPUTE_CAPABILITY} or later")
-        if releases.version_tuple(capability) < releases.version_tuple(releases.MIN_COMPUTE_CAPABILITY):
-            return Check("gpu", FAIL, detail + f": below {releases.MIN_COMPUTE_CAPABILITY}",
-                         "the NGC images support Turing (7.5) and later GPUs: use one of those")
+            return Check("gpu", WARN, detail, "update the driver (nvidia-smi reports compute_cap from R510 on); the "
+                         f"pinned release needs compute capability {lowest} or later")
+        if releases.version_tuple(capability) < releases.version_tuple(lowest):
+            return Check("gpu", FAIL, detail + f": below {lowest}",
+                         f"the pinned release supports GPUs of compute capability {lowest} and later: use one of those")
         if free is None:
             return Check("gpu", WARN, detail, f"check that at least {MIN_FREE_GPU_MEMORY_MB} MiB are free (nvidia-smi)")
         if float(free) < MIN_FREE_GPU_MEMORY_MB:

@@ -13,6 +13,7 @@ from scripts.constants import COMMITTED_FLAVOR, ONNX_MODEL
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = PROJECT / "docker-compose.yml"  # the GPU box's stack
+SECRETS = PROJECT / "secrets"  # git-ignored but for its README files: the admin key, gRPC's TLS files
 
 
 @dataclasses.dataclass(frozen=True)

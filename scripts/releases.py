@@ -22,7 +22,7 @@ import dataclasses
 # use it. Newer releases (26.09: CUDA 13.4.1; 26.10: CUDA 13.4.3) have release notes but no Triton version
 # found: not listed.
 CUDA13_MIN_DRIVER = "580"
-MIN_COMPUTE_CAPABILITY = "7.5"
+MIN_COMPUTE_CAPABILITY = "7.5"  # of the CUDA 13 releases (Turing and later)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +33,12 @@ class Release:
     min_driver: str  # the lowest NVIDIA driver that runs the release's CUDA
     dali: str | None  # the DALI inside the server image (the DALI backend's)
     tensorrt: str | None
+    min_compute_capability: str = MIN_COMPUTE_CAPABILITY
 
 
 RELEASES = {r.ngc: r for r in (
+    # The tritonserver inside the nvidia-pytriton 0.7.0 wheel, which the local and cpu flavors run.
+    Release("24.10", "2.51.0", "12.6.2", "560", None, None, min_compute_capability="6.0"),
     Release("25.10", "2.62.0", "13.0.2", "580.95.05", "1.51.2", None),
     Release("26.02", "2.66.0", "13.1.1", CUDA13_MIN_DRIVER, "1.53.0", None),
     Release("26.04", "2.68.0", "13.2.1", CUDA13_MIN_DRIVER, "2.0.0", "10.x (inferred)"),
@@ -62,6 +65,21 @@ class Bulletin:
 
 
 BULLETINS = (
+    # 5612 names 24.11 as affected and says earlier branches are too.
+    Bulletin("5612", "2025-02-11", ("CVE-2024-53880",), "integer overflow in the model-loading API (DoS)", "24.12"),
+    Bulletin("5687", "2025-08-04", ("CVE-2025-23323", "CVE-2025-23324", "CVE-2025-23325", "CVE-2025-23326", "CVE-2025-23327",
+                                    "CVE-2025-23335"),
+             "integer overflows and uncontrolled recursion from crafted requests (DoS)", "25.05"),
+    Bulletin("5687", "2025-08-04", ("CVE-2025-23322", "CVE-2025-23331"),
+             "double free on an early-cancelled stream, excessive allocation (DoS)", "25.06"),
+    Bulletin("5687", "2025-08-04", ("CVE-2025-23310", "CVE-2025-23311", "CVE-2025-23317", "CVE-2025-23318", "CVE-2025-23319",
+                                    "CVE-2025-23268", "CVE-2025-23320", "CVE-2025-23321", "CVE-2025-23333", "CVE-2025-23334"),
+             "HTTP stack overflows from chunked requests and a reverse shell (RCE, CVSS 9.8); python backend "
+             "out-of-bounds writes and reads, shared memory; DALI backend input validation", "25.07"),
+    # 5691 also lists CVE-2025-23268 (DALI backend), fixed in 25.07: counted once, above.
+    Bulletin("5691", "2025-09-16", ("CVE-2025-23316", "CVE-2025-23328", "CVE-2025-23329", "CVE-2025-23336"),
+             "python backend model-name RCE (CVSS 9.8), out-of-bounds write, shared-memory access, model load (DoS)",
+             "25.08"),
     Bulletin("5723", "2025-11", ("CVE-2025-33202",), "stack overflow from extra-large payloads (DoS)", "25.09"),
     Bulletin("5734", "2025-12-02", ("CVE-2025-33201", "CVE-2025-33211"),
              "extra-large payloads, unchecked quantities (DoS)", "25.10"),
@@ -95,6 +113,11 @@ def version_tuple(version: str) -> tuple[int, ...]:
 def affecting(ngc: str) -> list[Bulletin]:
     """The bulletins whose fixes `ngc` does not have yet."""
     return [bulletin for bulletin in BULLETINS if bulletin.affects(ngc)]
+
+
+def of_triton(version: str) -> Release | None:
+    """The NGC release whose Triton is `version` ("2.51.0")."""
+    return next((release for release in RELEASES.values() if release.triton == version), None)
 
 
 def first_clear_release() -> str | None:

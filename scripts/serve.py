@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes.util
 import dataclasses
+import ipaddress
 import os
 import secrets
 import shutil
@@ -24,15 +25,20 @@ from pathlib import Path
 
 from client import defaults
 from client.defaults import ADMIN_HEADER, Endpoint
-from scripts import tritonserver
+from scripts import releases, tritonserver
 from scripts.config import read_config
 from scripts.constants import (
+    ALLOW_KNOWN_CVES_ENV,
     BACKEND_PLATFORM,
     CONFIG_FILENAME,
     DEFAULT_MODEL_CONTROL,
     MODEL_CONTROL_ENV,
     MODEL_CONTROL_MODES,
     SERVED_FLAVOR,
+    TLS_CA,
+    TLS_CERT,
+    TLS_DIR_ENV,
+    TLS_KEY,
 )
 from scripts.layout import Layout
 from scripts.tritonserver import ServerError
@@ -116,10 +122,65 @@ def missing_backends(repository: Path, backends: Path) -> list[str]:
     return sorted(name for name in needed if not (Path(backends) / name / f"libtriton_{name}.so").is_file())
 
 
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_refusal(address: str, version: str = tritonserver.SERVER_VERSION) -> str | None:
+    """Why tritonserver `version` must not listen on `address`, or None when it may: a server with known
+    unfixed CVEs stays on loopback unless $TRITON_ALLOW_KNOWN_CVES=1 says its user accepts the risk."""
+    if is_loopback(address) or os.environ.get(ALLOW_KNOWN_CVES_ENV) == "1":
+        return None
+    release = releases.of_triton(version)
+    known = releases.affecting(release.ngc) if release else None
+    if known == []:
+        return None
+    severe = " (remote code execution among them)" if known and any("RCE" in b.summary for b in known) else ""
+    what = (f"{sum(len(b.cves) for b in known)} known unfixed CVEs{severe}, from the Triton security bulletins "
+            f"{', '.join(sorted({b.id for b in known}))} (NGC {release.ngc})" if known
+            else "no known release, so its CVEs are unknown")
+    return (f"refusing to serve tritonserver {version} on {address}: it has {what}, and {address} is not a loopback "
+            f"address. Serve on 127.0.0.1 (put an up-to-date proxy in front to share it), or set "
+            f"{ALLOW_KNOWN_CVES_ENV}=1 to accept the risk (README, \"Security\").")
+
+
 def _terminate_with_parent() -> None:
     """In the child before exec: ask Linux for SIGTERM when the parent process dies."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcTls:
+    """gRPC over TLS (Triton's --grpc-use-ssl options): the server's certificate and key, and with a CA,
+    mutual TLS (clients must present a certificate that CA signed). HTTP and metrics stay plain."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> GrpcTls | None:
+        """The TLS of `folder` (server.crt and server.key, optionally ca.crt), or None when it holds none."""
+        cert, key, ca = (Path(folder) / name for name in (TLS_CERT, TLS_KEY, TLS_CA))
+        if not cert.is_file() and not key.is_file():
+            return None
+        if not (cert.is_file() and key.is_file()):
+            raise ServerError(f"{folder}: gRPC TLS needs both {TLS_CERT} and {TLS_KEY}")
+        return cls(cert.resolve(), key.resolve(), ca.resolve() if ca.is_file() else None)
+
+    @classmethod
+    def from_env(cls, default: Path) -> GrpcTls | None:
+        return cls.from_dir(Path(os.environ.get(TLS_DIR_ENV) or default))
+
+    def options(self) -> list[str]:
+        mutual = [f"--grpc-root-cert={self.ca}", "--grpc-use-ssl-mutual=true"] if self.ca else []
+        return ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}", *mutual]
 
 
 @dataclasses.dataclass
@@ -130,6 +191,7 @@ class LocalServer:
     admin_key: str = dataclasses.field(default_factory=lambda: defaults.admin_key() or secrets.token_hex(24))
     log_path: Path | None = None
     model_control: str = DEFAULT_MODEL_CONTROL
+    grpc_tls: GrpcTls | None = None
     process: subprocess.Popen | None = None
     shm_prefix: str = dataclasses.field(default_factory=lambda: f"triton_bundle_{os.getpid()}_{secrets.token_hex(4)}")
 
@@ -172,9 +234,13 @@ class LocalServer:
             "--exit-timeout-secs=10",
             # A distinct shared-memory prefix lets several servers (tests, a dev server) coexist.
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *(self.grpc_tls.options() if self.grpc_tls else []),
         ]
 
     def start(self) -> LocalServer:
+        refusal = exposure_refusal(self.endpoint.address)
+        if refusal:
+            raise ServerError(refusal)
         prepare_backends(self.backends)
         missing = missing_backends(self.repository, self.backends)
         if missing:
@@ -275,7 +341,8 @@ def model_control_from_env() -> str:
 
 
 def local_server(layout: Layout, repository: Path | None = None, endpoint: Endpoint | None = None,
-                 log_path: Path | None = None, model_control: str = DEFAULT_MODEL_CONTROL) -> LocalServer:
+                 log_path: Path | None = None, model_control: str = DEFAULT_MODEL_CONTROL,
+                 grpc_tls: GrpcTls | None = None) -> LocalServer:
     """A server (not started) for `repository` (default: the layout's local flavor), with its backends
     under the layout, on `endpoint` (default: free loopback ports), logging to `log_path`."""
     return LocalServer(
@@ -284,4 +351,5 @@ def local_server(layout: Layout, repository: Path | None = None, endpoint: Endpo
         endpoint=endpoint or free_endpoint(),
         log_path=log_path,
         model_control=model_control,
+        grpc_tls=grpc_tls,
     )

@@ -11,6 +11,9 @@ import importlib.metadata
 from pathlib import Path
 
 DISTRIBUTION = "nvidia-pytriton"
+# The wheel pyproject.toml pins, and the tritonserver inside it (NGC release 24.10: scripts/releases.py).
+WHEEL_VERSION = "0.7.0"
+SERVER_VERSION = "2.51.0"
 
 
 class ServerError(RuntimeError):

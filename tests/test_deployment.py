@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from client.defaults import ADMIN_HEADER, ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, DEFAULT_MODEL
-from scripts.constants import ADMIN_KEY_MIN_LENGTH, LOCAL
+from scripts.constants import ADMIN_KEY_MIN_LENGTH, LOCAL, TLS_CA, TLS_CERT, TLS_DIR_ENV, TLS_KEY
 from scripts.demo import MIN_DEMO_ACCURACY
 from scripts.doctor import read_env_file
 from scripts.layout import COMPOSE_FILE, PROJECT
@@ -140,12 +140,14 @@ def fake_tritonserver(directory: Path) -> Path:
 KEY = "0123456789abcdef" * 4
 
 
-def run_entrypoint(tmp_path, key: str | None = KEY, mode: str | None = None, path_dir: Path | None = None, *args):
+def run_entrypoint(tmp_path, key: str | None = KEY, mode: str | None = None, path_dir: Path | None = None, *args,
+                   tls_dir: Path | None = None):
     key_file = tmp_path / "admin_key"
     if key is not None:
         key_file.write_text(key)
     env = {**os.environ, "TRITON_ADMIN_KEY_FILE": str(key_file),
-           "PATH": f"{path_dir or fake_tritonserver(tmp_path)}:{os.environ['PATH']}"}
+           "PATH": f"{path_dir or fake_tritonserver(tmp_path)}:{os.environ['PATH']}",
+           TLS_DIR_ENV: str(tls_dir or tmp_path / "no-tls")}
     if mode:
         env["TRITON_MODEL_CONTROL_MODE"] = mode
     return subprocess.run(["sh", str(PROJECT / "docker" / "serve.sh"), *args], capture_output=True, text=True, env=env,
@@ -285,3 +287,28 @@ def test_facts_the_doctor_and_the_builder_repeat_agree_with_their_home():
     extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     (here,), (builder,) = extras["dali"], extras["dali-cuda13"]
     assert here.split("==")[1] == builder.split("==")[1] and "cuda130" in builder
+    from scripts.tritonserver import DISTRIBUTION, WHEEL_VERSION
+
+    assert f"{DISTRIBUTION}=={WHEEL_VERSION}" in extras["local"]
+
+
+def test_entrypoint_turns_grpc_tls_on_from_the_files_of_the_tls_folder(tmp_path):
+    """The same convention as `make serve` (scripts.serve.GrpcTls): server.crt and server.key, ca.crt for mutual."""
+    from scripts.serve import GrpcTls
+
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    assert not any(flag.startswith("--grpc-use-ssl") for flag in run_entrypoint(tmp_path, tls_dir=folder).stdout.split())
+    (folder / TLS_CERT).write_text("certificate")
+    only_cert = run_entrypoint(tmp_path, tls_dir=folder)
+    assert only_cert.returncode == 2 and "server.crt and server.key" in only_cert.stderr
+    (folder / TLS_KEY).write_text("key")
+    for mutual in (False, True):
+        if mutual:
+            (folder / TLS_CA).write_text("ca")
+        flags = run_entrypoint(tmp_path, tls_dir=folder).stdout.split()
+        tls_options = {"--grpc-use-ssl", "--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert", "--grpc-use-ssl-mutual"}
+        assert [flag for flag in flags if flag.split("=")[0] in tls_options] == GrpcTls.from_dir(folder).options()
+    services = rendered("gpu")["services"]
+    assert any(volume["target"] == "/opt/bundle/tls" and volume["source"].endswith("secrets/tls")
+               for volume in services["triton"]["volumes"])

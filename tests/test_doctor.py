@@ -250,17 +250,20 @@ def test_the_pinned_release_is_known_and_clear_of_every_known_bulletin():
     assert releases.affecting(PINNED) == [], "move NGC_RELEASE in .env (make doctor says where to)"
 
 
-def bulletin_rows(old_pin: str = "25.10") -> list[str]:
-    def affects(bulletin, ngc: str) -> str:
-        return "yes" if bulletin.affects(ngc) else "no"
+# The README's columns: the local and cpu flavors' server (the nvidia-pytriton wheel's), the old pin, the pin.
+README_RELEASES = ("24.10", "25.10", PINNED)
 
-    return [f"| {b.id} | {b.published} | {', '.join(b.cves)} | {b.summary} | {b.fixed_in} | {affects(b, old_pin)} | "
-            f"{affects(b, PINNED)} |" for b in releases.BULLETINS]
+
+def bulletin_rows() -> list[str]:
+    return [f"| {b.id} | {b.published} | {', '.join(b.cves)} | {b.summary} | {b.fixed_in} | "
+            + " | ".join("yes" if b.affects(ngc) else "no" for ngc in README_RELEASES) + " |" for b in releases.BULLETINS]
 
 
 def test_the_readme_lists_the_bulletins_of_releases_py_and_the_pinned_release():
     readme = (PROJECT / "README.md").read_text()
     table = readme[readme.index("<!-- bulletins: generated from scripts/releases.py -->"):readme.index("<!-- /bulletins -->")]
+    header = table.splitlines()[1]
+    assert header.endswith(" | ".join(f"affects {ngc}" for ngc in README_RELEASES) + " |"), header
     assert table.splitlines()[3:] == bulletin_rows(), "regenerate the table: tests/test_doctor.py bulletin_rows()"
     assert f"| NGC {PINNED} (pinned) |" in readme and f"the pin is **{PINNED}**" in readme
 
