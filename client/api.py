@@ -22,6 +22,7 @@ import numpy as np
 from client import defaults
 from client.defaults import DEFAULT_MODEL, PROTOCOLS
 from client.errors import ClientError, InferenceError, InvalidImage, ModelNotReady, ServerUnavailable
+from client.image_formats import UNDECODABLE
 from client.images import ImageInput, Limits, PreparedImage, prepare
 
 TRANSIENT_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "503", "429"}
@@ -192,7 +193,7 @@ def to_client_error(exc: BaseException, url: str, timeout: float, source: str | 
             return InferenceError(f"no answer within {timeout:g}s; raise the timeout or lower the load", source)
         if status in NOT_READY_STATUSES or "unknown model" in message or "is not ready" in message:
             return ModelNotReady(f"{message}; list the served models with `python -m client models`", source)
-        if status in INVALID_STATUSES and "could not be decoded" in message:
+        if status in INVALID_STATUSES and UNDECODABLE in message:
             return InvalidImage(message, source)
         return InferenceError(message, source)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):

@@ -4,7 +4,7 @@
 set -euo pipefail
 python -m scripts build --model "${MODEL:-demo}" --flavor cpu
 python -m scripts engine --precision "${TRT_PRECISION:-fp16}"
-python -m scripts dali-pipeline
+python -m scripts gpu-files
 python -m scripts validate --require-artifacts --strict --flavor gpu model_repository
 # What the server will load: `docker compose run --rm apply` compares later edits with it.
 python -m scripts apply --flavor gpu --mark-loaded

@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts build|serve|validate|diff|apply|doctor|verify|engine|dali-pipeline --help`.
+"""Command line: `python -m scripts build|serve|validate|diff|apply|doctor|verify|engine|gpu-files --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -130,12 +130,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="print the equivalent trtexec command and exit (for fp16, after writing the FP16 model it builds)")
     engine.add_argument("--json", action="store_true", help="print the engine metadata as JSON")
 
-    dali = commands.add_parser("dali-pipeline", help="write the gpu flavor's preprocessing pipeline into the repository",
-                               description="Write <repository>/<preprocess>/1/dali.py (and the graph module it imports): "
-                                           "the nvJPEG pipeline with the config's values, which the DALI backend serializes "
-                                           "with the server's own DALI when it loads the model. Needs no DALI and no GPU "
-                                           "here (the compose builder runs it).")
-    _add_layout_options(dali)
+    gpu_files = commands.add_parser("gpu-files", help="write the files of the gpu flavor's DALI and python models",
+                                    description="Write into <repository>: the preprocessing model's dali.py (and the "
+                                                "graph module it imports), the nvJPEG pipeline with the config's values, "
+                                                "which the DALI backend serializes with the server's own DALI when it "
+                                                "loads the model; and the image check's model.py with its helper. Needs no "
+                                                "DALI and no GPU here (the compose builder runs it).")
+    _add_layout_options(gpu_files)
 
     apply = commands.add_parser("apply", help="put an edited model_repository/ live on a running server, or roll back",
                                 description="Rebuild what the edit invalidates, validate strictly, load the models that differ "
@@ -235,17 +236,16 @@ def _engine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _dali_pipeline(args: argparse.Namespace) -> int:
-    from scripts.repository import dali_model_files
+def _gpu_files(args: argparse.Namespace) -> int:
+    from scripts.repository import gpu_model_files
     from scripts.validate import checked_bundle
 
     try:
-        bundle = checked_bundle(args.repository)
+        bundle = checked_bundle(_layout(args).repository)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    for filename, text in dali_model_files(bundle, GPU).items():
-        target = bundle.artifact(bundle.preprocess.model_name, filename)
+    for target, text in gpu_model_files(bundle).items():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         print(f"{target}: {len(text)} characters")
@@ -456,7 +456,7 @@ Ctrl-C stops the server.""", flush=True)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply, "doctor": _doctor,
-                "verify": _verify, "engine": _engine, "dali-pipeline": _dali_pipeline}
+                "verify": _verify, "engine": _engine, "gpu-files": _gpu_files}
     return commands[args.command](args)
 
 

@@ -150,13 +150,12 @@ def top1(url: str, admin_key: str | None, images: list[Path], model: str) -> lis
 def gpu_artifacts_stale(bundle: Bundle) -> list[str]:
     """Why the GPU box's builder must run before this edit can go live ([] = it need not)."""
     from scripts import engine
-    from scripts.repository import dali_model_files
+    from scripts.repository import gpu_model_files
 
     reasons = []
-    for filename, text in dali_model_files(bundle, GPU).items():
-        path = bundle.artifact(bundle.preprocess.model_name, filename)
+    for path, text in gpu_model_files(bundle).items():
         if not path.is_file() or path.read_text() != text:
-            reasons.append(f"{path} does not hold the pipeline of this preprocessing config")
+            reasons.append(f"{path} is not what this repository's configs and code make")
     plan = bundle.artifact(bundle.classifier.model_name, TENSORRT_PLAN)
     metadata = plan_metadata.read(plan)
     if metadata is None:

@@ -131,7 +131,7 @@ def served(model: str, flavor: str, serving: Layout, repo: Path, images: list[by
                 run = closed_loop(protocol, url, bundle.ensemble.name, names, prepared, concurrency, seconds)
                 rows.append(Row(model, flavor, mode, protocol, concurrency, run.requests_per_s, *percentiles(run.latencies_ms),
                                 run.failures))
-        costs = stage_costs(server, [bundle.preprocess.model_name, bundle.classifier.model_name, bundle.ensemble.name])
+        costs = stage_costs(server, [name for name in bundle.configs if name != bundle.ensemble.name] + [bundle.ensemble.name])
     return rows, costs
 
 
@@ -143,6 +143,24 @@ def without_batching(source: Path, target: Path) -> Path:
         config = read_config(path)
         config.ClearField("dynamic_batching")
         write_config(config, path, "bench variant: dynamic batching off")
+    return target
+
+
+def without_image_check(source: Path, target: Path) -> Path:
+    """A copy of a flavor repository whose ensemble hands the images straight to the preprocessing, as
+    before the image check (configs via protobuf)."""
+    bundle = load_bundle(source)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    ensemble = read_config(target / bundle.ensemble.name / CONFIG_FILENAME)
+    steps = [step for step in ensemble.ensemble_scheduling.step if step.model_name != bundle.check.model_name]
+    for step in steps:
+        if step.model_name == bundle.preprocess.model_name:
+            step.input_map[bundle.preprocess.input_name] = bundle.ensemble.input[0].name
+    del ensemble.ensemble_scheduling.step[:]
+    ensemble.ensemble_scheduling.step.extend(steps)
+    write_config(ensemble, target / bundle.ensemble.name / CONFIG_FILENAME, "bench variant: no image check")
+    shutil.rmtree(target / bundle.check.model_name)
     return target
 
 
@@ -293,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
             variant = without_batching(layout.flavor(flavor), results / f"{model}-{flavor}-no-batching")
             rows += served(model, flavor, serving, variant, images, args.concurrency, args.seconds, "served, no batching",
                            ("grpc",))[0]
+            progress(f"{model}: served, {flavor} flavor, without the image check ...")
+            variant = without_image_check(layout.flavor(flavor), results / f"{model}-{flavor}-no-check")
+            rows += served(model, flavor, serving, variant, images, args.concurrency, args.seconds, "served, no check",
+                           ("grpc",))[0]
     build_s = float("nan") if args.skip_build_time else build_from_scratch()
 
     with open(results / "results.csv", "w", newline="") as handle:
@@ -326,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     by_conc = {r.concurrency: r for r in grpc}
     gain = by_conc[max(by_conc)].images_per_s / by_conc[min(by_conc)].images_per_s
     overhead = by_conc[min(by_conc)].p50_ms - inprocess_batch1.p50_ms
+    unchecked = {r.concurrency: r for r in pick("served, no check", "grpc")}
+    check_cost = 1 - best / max(r.images_per_s for r in unchecked.values())
+    check_p50_ms = by_conc[min(by_conc)].p50_ms - unchecked[min(unchecked)].p50_ms
     summary = (f"summary: served_vs_inprocess={best / inprocess.images_per_s:.2f} batching_gain={gain:.2f} "
-               f"p50_overhead_ms={overhead:.2f} build_s={build_s:.1f}")
+               f"p50_overhead_ms={overhead:.2f} check_cost_pct={100 * check_cost:.1f} check_p50_ms={check_p50_ms:.2f} "
+               f"build_s={build_s:.1f}")
     if CPU in flavors and LOCAL in flavors:
         best_cpu = max(r.images_per_s for r in pick("served", "grpc", flavor=CPU))
         summary += f" cpu_vs_local={best_cpu / best:.2f}"

@@ -321,7 +321,7 @@ class Builder:
             "configs": sha256_tree(self.layout.repository, skip_versions=True),
             "onnx": sha256_file(self.layout.onnx),
             "dali": sha256_file(self.layout.dali_cpu),
-            "local_models": {path.name: sha256_file(path) for path in repository.local_model_sources()},
+            "python_models": {path.name: sha256_file(path) for path in repository.python_model_sources()},
             "code": source_digest(repository, config, validate_module),
         }
 

@@ -97,8 +97,19 @@ class ClassifierSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageCheckSpec:
+    """The image check before the preprocessing (a python-backend model): what it refuses."""
+
+    model_name: str
+    input_name: str
+    output_name: str
+    max_pixels: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Bundle:
-    """The committed repository: the ensemble and its two steps, found through the ensemble's wiring."""
+    """The committed repository: the ensemble and its steps, found through the ensemble's wiring:
+    [image check ->] preprocessing -> classifier."""
 
     root: Path
     ensemble: ModelConfig
@@ -106,10 +117,13 @@ class Bundle:
     classifier_config: ModelConfig
     preprocess: PreprocessSpec
     classifier: ClassifierSpec
+    check_config: ModelConfig | None = None
+    check: ImageCheckSpec | None = None
 
     @property
     def configs(self) -> dict[str, ModelConfig]:
-        return {c.name: c for c in (self.ensemble, self.preprocess_config, self.classifier_config)}
+        steps = (self.check_config, self.preprocess_config, self.classifier_config)
+        return {c.name: c for c in (self.ensemble, *steps) if c is not None}
 
     def model_dir(self, name: str) -> Path:
         return self.root / name
@@ -223,6 +237,28 @@ def _parse_preprocess(config: ModelConfig) -> tuple[PreprocessSpec | None, list[
     ), []
 
 
+# The image check's parameters and their defaults.
+IMAGE_CHECK_PARAMETERS = {"max_pixels": "50000000"}
+
+
+def _parse_image_check(config: ModelConfig) -> tuple[ImageCheckSpec | None, list[Problem]]:
+    if len(config.input) != 1 or len(config.output) != 1:
+        return None, [Problem("check-signature", "input/output", "one input (encoded images) and one output (the same, checked)",
+                              f"{len(config.input)} inputs and {len(config.output)} outputs")]
+    text = config.parameters["max_pixels"].string_value if "max_pixels" in config.parameters else \
+        IMAGE_CHECK_PARAMETERS["max_pixels"]
+    max_pixels = _positive_whole(text)
+    if max_pixels is None:
+        return None, [Problem("parameter-invalid", "parameters[max_pixels]", "a positive whole number", f'"{text}"',
+                              "the largest width x height an image may declare (a decoded pixel takes 3 bytes)")]
+    return ImageCheckSpec(config.name, config.input[0].name, config.output[0].name, max_pixels), []
+
+
+def image_check_problems(config: ModelConfig) -> list[Problem]:
+    """Every way an image check model's config breaks this bundle's rules ([] = none)."""
+    return _parse_image_check(config)[1]
+
+
 def preprocess_problems(config: ModelConfig) -> list[Problem]:
     """Every way a preprocessing model's config breaks this bundle's rules ([] = none)."""
     return _parse_preprocess(config)[1]
@@ -307,8 +343,29 @@ def step_producing(ensemble: ModelConfig, tensor: str):
     return next((step for step in ensemble.ensemble_scheduling.step if tensor in step.output_map.values()), None)
 
 
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The ensemble's steps by role, found by the wiring (None: not there)."""
+
+    check: object | None
+    preprocess: object | None
+    classifier: object | None
+
+
+def bundle_steps(ensemble: ModelConfig) -> Steps:
+    """The consumer of the ensemble's input is the image check when there are three steps (it hands the
+    checked images to the preprocessing step), else the preprocessing; the producer of its output is
+    the classifier."""
+    first = step_consuming(ensemble, ensemble.input[0].name) if ensemble.input else None
+    classifier = step_producing(ensemble, ensemble.output[0].name) if ensemble.output else None
+    if len(ensemble.ensemble_scheduling.step) != 3 or first is None:
+        return Steps(None, first, classifier)
+    handed_on = list(first.output_map.values())
+    return Steps(first, step_consuming(ensemble, handed_on[0]) if len(handed_on) == 1 else None, classifier)
+
+
 def load_bundle(root: Path) -> Bundle:
-    """Read the ensemble of `root` with its preprocessing and classifier steps.
+    """Read the ensemble of `root` with its steps: an optional image check, the preprocessing, the classifier.
 
     Raises ConfigError on the first thing that does not parse or fit. To hear of every mistake in
     a repository at once, run the validator first (`scripts.validate.checked_bundle` does both).
@@ -320,23 +377,29 @@ def load_bundle(root: Path) -> Bundle:
         raise ConfigError(root, f"expected exactly one ensemble model, found {len(ensembles)}")
     ensemble = ensembles[0]
     ensemble_path = root / ensemble.name / CONFIG_FILENAME
-    if len(ensemble.input) != 1 or len(ensemble.output) != 1 or len(ensemble.ensemble_scheduling.step) != 2:
-        raise ConfigError(ensemble_path, "expected one input (image bytes), one output (scores) and two steps "
-                                         "(preprocess, classifier)")
-    # The steps are found by the wiring, not by their order in the file.
-    preprocess_step = step_consuming(ensemble, ensemble.input[0].name)
-    classifier_step = step_producing(ensemble, ensemble.output[0].name)
-    for step, role, verb, tensor in ((preprocess_step, "preprocessing", "consumes", ensemble.input[0].name),
-                                     (classifier_step, "classifier", "produces", ensemble.output[0].name)):
+    if len(ensemble.input) != 1 or len(ensemble.output) != 1 or len(ensemble.ensemble_scheduling.step) not in (2, 3):
+        raise ConfigError(ensemble_path, "expected one input (image bytes), one output (scores) and two or three steps "
+                                         "([image check,] preprocess, classifier)")
+    steps = bundle_steps(ensemble)
+    roles = ((steps.check, "image check", "consumes the ensemble tensor", ensemble.input[0].name),
+             (steps.preprocess, "preprocessing", "consumes", "the images" if steps.check else ensemble.input[0].name),
+             (steps.classifier, "classifier", "produces the ensemble tensor", ensemble.output[0].name))
+    for step, role, verb, tensor in roles[0 if len(ensemble.ensemble_scheduling.step) == 3 else 1:]:
         if step is None:
-            raise ConfigError(ensemble_path, f'no step {verb} the ensemble tensor "{tensor}" (the {role} step)',
-                              field="ensemble_scheduling.step")
-    if preprocess_step is classifier_step:
-        raise ConfigError(ensemble_path, "one step both consumes the image and produces the scores",
+            raise ConfigError(ensemble_path, f'no step {verb} "{tensor}" (the {role} step)', field="ensemble_scheduling.step")
+    found = [step for step in (steps.check, steps.preprocess, steps.classifier) if step is not None]
+    if len({id(step) for step in found}) != len(found):
+        raise ConfigError(ensemble_path, "one step plays two roles (image check, preprocessing, classifier)",
                           field="ensemble_scheduling.step")
-    preprocess_config = _read_named(root, preprocess_step.model_name)
-    classifier_config = _read_named(root, classifier_step.model_name)
+    preprocess_config = _read_named(root, steps.preprocess.model_name)
+    classifier_config = _read_named(root, steps.classifier.model_name)
     preprocess = preprocess_spec(preprocess_config, root / preprocess_config.name / CONFIG_FILENAME)
     classifier_dir = root / classifier_config.name
     classifier = _classifier_spec(classifier_config, classifier_dir, classifier_dir / CONFIG_FILENAME)
-    return Bundle(root, ensemble, preprocess_config, classifier_config, preprocess, classifier)
+    check_config = check = None
+    if steps.check is not None:
+        check_config = _read_named(root, steps.check.model_name)
+        check, problems = _parse_image_check(check_config)
+        if check is None:
+            raise ConfigError(root / check_config.name / CONFIG_FILENAME, "; ".join(str(p) for p in problems))
+    return Bundle(root, ensemble, preprocess_config, classifier_config, preprocess, classifier, check_config, check)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from client import defaults
 from scripts import releases
-from scripts.constants import ADMIN_KEY_MIN_LENGTH, DALI_SCRIPT, DEMO_MODEL, GPU, TENSORRT_PLAN
+from scripts.constants import ADMIN_KEY_MIN_LENGTH, DALI_SCRIPT, DEMO_MODEL, GPU, PYTHON_MODEL, TENSORRT_PLAN
 from scripts.layout import PROJECT, Layout
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -364,9 +364,9 @@ class Doctor:
         bundle = load_bundle(self.layout.repository) if report.ok() else None
         if bundle is None:
             return
-        missing = [str(bundle.artifact(model, name)) for model, name in
-                   ((bundle.classifier.model_name, TENSORRT_PLAN), (bundle.preprocess.model_name, DALI_SCRIPT))
-                   if not bundle.artifact(model, name).is_file()]
+        needed = [(bundle.classifier.model_name, TENSORRT_PLAN), (bundle.preprocess.model_name, DALI_SCRIPT),
+                  *([(bundle.check.model_name, PYTHON_MODEL)] if bundle.check else [])]
+        missing = [str(bundle.artifact(model, name)) for model, name in needed if not bundle.artifact(model, name).is_file()]
         model = self.env.get("MODEL", DEMO_MODEL)
         if not missing:
             yield Check("artifacts", OK, "the engine and the pipeline are built")

@@ -50,7 +50,7 @@ def dali_definition(spec: PreprocessSpec, flavor: str, source: str) -> dict[str,
     """{file name: text} of the version folder of `flavor`'s DALI model: `dali.py`, the pipeline with this
     config's values, which the DALI backend autoserializes, and the graph module it imports."""
     arguments = ", ".join(f"{name}={value!r}" for name, value in graph_arguments(spec, DECODE_DEVICE[flavor]).items())
-    by = "`python -m scripts dali-pipeline` (the compose builder)" if flavor == GPU else "`make build`"
+    by = "`python -m scripts gpu-files` (the compose builder)" if flavor == GPU else "`make build`"
     header = "".join(f"# {line}\n" for line in generated_header(flavor, source, by).splitlines())
     definition = f"""{header}# The DALI backend runs this file when it loads the model: the server's DALI serializes the pipeline.
 import os

@@ -7,7 +7,7 @@ in version folder 1.
 
 - `cpu`:   DALI backend on CPU operators (a generated dali.py) + `onnxruntime_onnx`, all KIND_CPU
            (NGC image on a CPU host).
-- `local`: python-backend models (`scripts/local_models/`) running the same serialized CPU DALI
+- `local`: python-backend models (`scripts/python_models/`) running the same serialized CPU DALI
            pipeline and the same ONNX model (the tritonserver shipped in nvidia-pytriton).
 """
 
@@ -20,12 +20,15 @@ from pathlib import Path
 import client.image_formats
 from scripts import constants, dali_runner, preprocess
 from scripts.config import Bundle, ModelConfig, generated_header, model_config_pb2, write_config
-from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL, VERSION
+from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, GENERATED_FLAVORS, GPU, LOCAL, ONNX_MODEL, PYTHON_MODEL, VERSION
 
-LOCAL_MODELS = Path(__file__).parent / "local_models"
-# The local flavor's python models import these helpers from their own version folder (Triton's python
-# backend puts it on the import path): each is copied there, so no helper exists twice in the source.
-LOCAL_HELPERS = {
+PYTHON_MODELS = Path(__file__).parent / "python_models"
+IMAGE_CHECK = "imagecheck"  # the role, and the name of its model.py source in PYTHON_MODELS
+# The python models import these helpers from their own version folder (Triton's python backend puts it
+# on the import path): each is copied there, so no helper exists twice in the source. The image check
+# runs in every flavor; the others are the local flavor's stand-ins for the DALI and ONNX Runtime backends.
+PYTHON_HELPERS = {
+    IMAGE_CHECK: (Path(client.image_formats.__file__),),
     "preprocess": tuple(Path(m.__file__) for m in (dali_runner, client.image_formats, constants)),
     "classifier": (Path(constants.__file__),),
 }
@@ -72,6 +75,8 @@ def flavor_config(bundle: Bundle, name: str, flavor: str) -> ModelConfig:
     if name == bundle.ensemble.name:
         return derived
     _to_cpu(derived)
+    if bundle.check is not None and name == bundle.check.model_name:
+        return derived  # a python model, on the CPU, in every flavor
     if flavor == LOCAL:
         derived.platform = ""
         derived.backend = "python"
@@ -90,23 +95,38 @@ def dali_model_files(bundle: Bundle, flavor: str) -> dict[str, str]:
     return preprocess.dali_definition(bundle.preprocess, flavor, source)
 
 
-def local_model_sources() -> list[Path]:
-    """Every file the local flavor's python models are made of."""
-    models = {LOCAL_MODELS / f"{role}.py" for role in LOCAL_HELPERS}
-    return sorted(models | {path for paths in LOCAL_HELPERS.values() for path in paths})
+def gpu_model_files(bundle: Bundle) -> dict[Path, str]:
+    """{path: text} of what the GPU box's builder writes into the committed repository besides the engine:
+    the preprocessing model's dali.py (and the graph it imports), the image check's model.py (and helpers)."""
+    files = {bundle.artifact(bundle.preprocess.model_name, name): text for name, text in dali_model_files(bundle, GPU).items()}
+    if bundle.check is not None:
+        files.update({bundle.artifact(bundle.check.model_name, name): source.read_text()
+                      for name, source in python_model_files(IMAGE_CHECK).items()})
+    return files
+
+
+def python_model_sources() -> list[Path]:
+    """Every file the python models are made of."""
+    models = {PYTHON_MODELS / f"{role}.py" for role in PYTHON_HELPERS}
+    return sorted(models | {path for paths in PYTHON_HELPERS.values() for path in paths})
+
+
+def python_model_files(role: str) -> dict[str, Path]:
+    """The version folder of the python model of `role`: model.py and its helpers, by destination name."""
+    return {PYTHON_MODEL: PYTHON_MODELS / f"{role}.py", **{path.name: path for path in PYTHON_HELPERS[role]}}
 
 
 def _artifacts_for(role: str, flavor: str, artifacts: Artifacts) -> dict[str, Path]:
     """Files copied into the version folder, by destination name."""
+    if role == IMAGE_CHECK:
+        return python_model_files(role)
     if role == "classifier":
         files = {ONNX_MODEL: artifacts.onnx}
     elif role == "preprocess" and flavor == LOCAL:
         files = {DALI_PIPELINE: artifacts.dali_cpu}
     else:
         files = {}  # the cpu flavor's DALI model is written, not copied: see generate
-    if flavor == LOCAL and role in LOCAL_HELPERS:
-        files = {**files, PYTHON_MODEL: LOCAL_MODELS / f"{role}.py", **{p.name: p for p in LOCAL_HELPERS[role]}}
-    return files
+    return {**files, **python_model_files(role)} if flavor == LOCAL and role in PYTHON_HELPERS else files
 
 
 def _copy_beside_config(source_dir: Path, target_dir: Path) -> None:
@@ -128,6 +148,7 @@ def generate(bundle: Bundle, flavor: str, target: Path, artifacts: Artifacts) ->
     shutil.rmtree(staging, ignore_errors=True)
     roles = {
         bundle.ensemble.name: "ensemble",
+        **({bundle.check.model_name: IMAGE_CHECK} if bundle.check else {}),
         bundle.preprocess_config.name: "preprocess",
         bundle.classifier_config.name: "classifier",
     }

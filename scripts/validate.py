@@ -28,12 +28,13 @@ from scripts.config import (
     Bundle,
     ConfigError,
     ModelConfig,
+    bundle_steps,
+    image_check_problems,
     label_problems,
     load_bundle,
     model_config_pb2,
     preprocess_problems,
     read_config,
-    step_consuming,
 )
 from scripts.constants import (
     ARTIFACTS,
@@ -57,7 +58,7 @@ PRODUCERS = {
     "tensorrt_plan": "the engine build on the GPU box (docker compose `builder`)",
     "onnxruntime_onnx": "`make build` (ONNX export)",
     "dali": "`make build` (CPU flavors) or the compose `builder` (gpu flavor)",
-    "python": "`make build` (local flavor)",
+    "python": "`make build` (cpu and local flavors) or the compose `builder` (gpu flavor)",
 }
 # The one-line hint of each finding code (a call may give a more specific one).
 HINTS = {
@@ -91,7 +92,9 @@ HINTS = {
     "parameter-invalid": "see the comment above the parameter in the committed config",
     "preprocess-output-invalid": "the pipeline decodes RGB and outputs CHW: dims [3, height, width]",
     "preprocess-signature": "the preprocessing model takes the encoded images and returns the pixels, nothing else",
-    "bundle-shape": "the build serves one ensemble: encoded image in, scores out, a preprocessing and a classifier step",
+    "bundle-shape": "the build serves one ensemble: encoded image in, scores out; an optional image check, a "
+                    "preprocessing and a classifier step",
+    "check-signature": "the image check takes the encoded images and hands them on, nothing else",
 }
 # What Triton knows by name (model_config.proto, and the backends NVIDIA ships in its images).
 TRITON_PLATFORMS = ("ensemble", "onnxruntime_onnx", "pytorch_libtorch", "tensorflow_graphdef", "tensorflow_savedmodel",
@@ -559,7 +562,7 @@ class Checker:
         except RuntimeError as exc:
             self.add(ERROR, "dali-script-fails", model, None, "a dali.py the DALI backend can serialize", str(exc),
                      "the server runs this file when it loads the model: regenerate it (`make build`, or "
-                     "`python -m scripts dali-pipeline` for the gpu flavor)", file=script)
+                     "`python -m scripts gpu-files` for the gpu flavor)", file=script)
             return
         if serialized is not None:
             self._dali(model, serialized, shown=script)
@@ -712,18 +715,21 @@ class Checker:
         wiring makes the preprocessing (as the reader finds it), with their lines; then, when nothing
         else is wrong, whatever else the reader refuses."""
         for ensemble in (m for m in self.models.values() if m.kind == "ensemble" and len(m.config.input) == 1):
-            step = step_consuming(ensemble.config, ensemble.config.input[0].name)
-            model = self.models.get(step.model_name) if step is not None else None
-            for problem in preprocess_problems(model.config) if model is not None else ():
-                key = re.fullmatch(r"parameters\[(\w+)\]", problem.field)
-                line = model.line(rf'key:\s*"{key.group(1)}"') if key else model.line(r"^\s*output", r"\bdims\b")
-                self.add(ERROR, problem.code, model, problem.field, problem.expected, problem.found, problem.hint, line=line)
+            steps = bundle_steps(ensemble.config)
+            for step, rules in ((steps.check, image_check_problems), (steps.preprocess, preprocess_problems)):
+                model = self.models.get(step.model_name) if step is not None else None
+                for problem in rules(model.config) if model is not None else ():
+                    key = re.fullmatch(r"parameters\[(\w+)\]", problem.field)
+                    line = model.line(rf'key:\s*"{key.group(1)}"') if key else model.line(r"^\s*output", r"\bdims\b")
+                    self.add(ERROR, problem.code, model, problem.field, problem.expected, problem.found, problem.hint,
+                             line=line)
         if self.models and not any(f.severity == ERROR for f in self.findings):
             try:
                 load_bundle(self.root)
             except ConfigError as exc:
                 self.add(ERROR, "bundle-shape", exc.path.parent.name if exc.path.name == CONFIG_FILENAME else None,
-                         exc.field, "what the build reads: one ensemble of a preprocessing and a classifier step",
+                         exc.field, "what the build reads: one ensemble of [an image check,] a preprocessing and a "
+                         "classifier step",
                          str(exc).removeprefix(f"{exc.path}: "), file=exc.path)
 
     def run(self) -> None:

@@ -275,15 +275,15 @@ def test_on_the_gpu_box_apply_stops_when_the_builder_must_run_first(tmp_path):
     the command when they do not."""
     from scripts import plan_metadata
     from scripts.apply import gpu_artifacts_stale
-    from scripts.constants import DALI_SCRIPT, GPU, TENSORRT_PLAN
+    from scripts.constants import DALI_SCRIPT, TENSORRT_PLAN
     from scripts.engine import profile_for
-    from scripts.repository import dali_model_files
+    from scripts.repository import gpu_model_files
 
     repository = tmp_path / "model_repository"
     shutil.copytree(Layout().repository, repository)
     bundle = load_bundle(repository)
-    for filename, text in dali_model_files(bundle, GPU).items():
-        bundle.artifact(bundle.preprocess.model_name, filename).write_text(text)
+    for path, text in gpu_model_files(bundle).items():
+        path.write_text(text)
     plan = bundle.artifact(bundle.classifier.model_name, TENSORRT_PLAN)
     plan_metadata.write(plan, plan_metadata.describe(profile_for(bundle.classifier),
                                                      {bundle.classifier.input_name: bundle.classifier.input_dims}))

@@ -35,3 +35,11 @@ def test_realistic_jpegs_are_640_by_480():
     images = bench.realistic_jpegs(3)
     assert len(set(images)) == 3
     assert all(Image.open(io.BytesIO(data)).size == bench.IMAGE_SIZE for data in images)
+
+
+def test_no_check_variant_hands_the_images_straight_to_the_preprocessing(built, bundle, tmp_path):
+    variant = bench.without_image_check(built.flavor(LOCAL), tmp_path / "variant")
+    unchecked = load_bundle(variant)
+    assert unchecked.check is None and not (variant / bundle.check.model_name).exists()
+    assert set(unchecked.configs) == set(bundle.configs) - {bundle.check.model_name}
+    assert validate(variant, require_artifacts=True).ok(strict=True)

@@ -130,10 +130,12 @@ def test_verification_fails_above_the_tolerance(user_models, bundle, built):
 def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
     """... and, in the cpu flavor's DALI step, batching for instances (tests/test_cpu_flavor.py says how)."""
     expected = {
-        "cpu": {"ensemble": ("ensemble", ""), "preprocess": ("", "dali"), "classifier": ("onnxruntime_onnx", "")},
-        "local": {"ensemble": ("ensemble", ""), "preprocess": ("", "python"), "classifier": ("", "python")},
+        "cpu": {"ensemble": ("ensemble", ""), "check": ("", "python"), "preprocess": ("", "dali"),
+                "classifier": ("onnxruntime_onnx", "")},
+        "local": {"ensemble": ("ensemble", ""), "check": ("", "python"), "preprocess": ("", "python"),
+                  "classifier": ("", "python")},
     }
-    roles = {bundle.ensemble.name: "ensemble", bundle.preprocess.model_name: "preprocess",
+    roles = {bundle.ensemble.name: "ensemble", bundle.check.model_name: "check", bundle.preprocess.model_name: "preprocess",
              bundle.classifier.model_name: "classifier"}
     for flavor in GENERATED_FLAVORS:
         for name, committed in bundle.configs.items():

@@ -27,6 +27,7 @@ from client import (
     ServerUnavailable,
 )
 from client.api import parse_prediction, to_client_error
+from client.image_formats import UNDECODABLE, refusal
 from client.images import prepare
 from scripts.demo import MIN_DEMO_ACCURACY
 from scripts.layout import PROJECT
@@ -79,7 +80,7 @@ def test_files_are_named_in_errors(tmp_path):
     ("429", "Too Many Requests", ServerUnavailable),
     ("StatusCode.NOT_FOUND", "Request for unknown model: 'x' is not found", ModelNotReady),
     ("400", "Request for unknown model: 'x' is not found", ModelNotReady),
-    ("StatusCode.INVALID_ARGUMENT", "IMAGE: image 0 of the request could not be decoded: ...", InvalidImage),
+    ("StatusCode.INVALID_ARGUMENT", refusal("IMAGE", 0, "..."), InvalidImage),
     ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", InferenceError),
     ("StatusCode.INTERNAL", "something broke", InferenceError),
     ("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'", InferenceError),
@@ -206,7 +207,7 @@ def test_a_bad_image_alone_is_reported_as_invalid(server, heldout):
     data = heldout[0][1].read_bytes()
     truncated = data[: len(data) // 2]  # the header survives, half the scan data does not
     with ImageClassifierClient(server.grpc_url) as classifier:
-        reason = f"could not be decoded: JPEG image of {len(truncated)} bytes is corrupt or truncated"
+        reason = f"{UNDECODABLE}: JPEG image of {len(truncated)} bytes is truncated: no end-of-image marker"
         with pytest.raises(InvalidImage, match=reason):
             classifier.classify_one(truncated)
 
@@ -232,7 +233,7 @@ def test_mixed_good_and_bad_images_every_good_one_is_classified(server, heldout,
     for label, path in good:
         assert by_source[str(path)].ok and by_source[str(path)].top.label == label
     assert isinstance(by_source[str(truncated)].error, InvalidImage)
-    assert "could not be decoded" in str(by_source[str(truncated)].error)
+    assert UNDECODABLE in str(by_source[str(truncated)].error)
     assert isinstance(by_source[str(not_image)].error, InvalidImage)
     assert "no such file" in str(by_source[str(tmp_path / "gone.jpg")].error)
 
@@ -308,7 +309,7 @@ def test_cli_health_and_models(server):
     models = cli("models", "--url", server.http_url, "--protocol", "http", "--json", f"--admin-key={server.admin_key}")
     assert models.returncode == 0, models.stderr
     assert {m["name"]: m["state"] for m in json.loads(models.stdout)} == {
-        "classifier": "READY", "image_classifier": "READY", "preprocess": "READY"}
+        "classifier": "READY", "image_classifier": "READY", "imagecheck": "READY", "preprocess": "READY"}
     over_grpc = cli("models", "--url", server.grpc_url, "--json", f"--admin-key={server.admin_key}")
     assert over_grpc.returncode == 0 and json.loads(over_grpc.stdout) == json.loads(models.stdout)
     for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):

@@ -59,7 +59,7 @@ def test_checked_bundle_refuses_a_repository_that_does_not_validate_listing_ever
     with pytest.raises(ConfigError) as caught:
         checked_bundle(repo_copy)
     message = str(caught.value)
-    assert "3 error(s) in the model repository" in message  # the batch exceeds both steps
+    assert "4 error(s) in the model repository" in message  # the batch exceeds all three steps
     assert "[ensemble-batch-too-large]" in message and "[parameter-invalid]" in message
 
 

@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from scripts import corpus
 from scripts.config import model_config_pb2, read_config, write_config
 from scripts.constants import CONFIG_FILENAME, CPU, WARMUP_DIR
 from scripts.demo import MIN_DEMO_ACCURACY
@@ -108,15 +109,16 @@ def test_concurrent_load_on_the_unmodified_backends_fails_no_request(cpu_server,
 
 
 def test_a_bad_image_fails_only_its_own_request_in_the_dali_backend(cpu_server, bundle, heldout):
-    """The baseline the reliability work starts from, measured on the real DALI backend.
+    """What the real DALI backend does with an image only a decoder can refuse (the image check before it
+    refuses the rest: tests/test_isolation.py).
 
-    One request per DALI execution isolates requests: bad ones sent among concurrent good ones fail
-    alone. A bad image still fails every image of its own request (DALI runs a request's images as one
-    batch), and the error is UNKNOWN "Critical error in pipeline", not INVALID_ARGUMENT.
+    One request per DALI execution isolates requests: such images sent among concurrent good ones fail
+    alone. One still fails every image of its own request (DALI runs a request's images as one batch),
+    and the error is UNKNOWN "Critical error in pipeline", not INVALID_ARGUMENT.
     """
     good = [(label, path.read_bytes()) for label, path in heldout[:24]]
-    truncated = good[0][1][: len(good[0][1]) // 3]
-    requests = [[data] for _, data in good] + [[truncated], [b"not an image at all"]] * 3
+    truncated = corpus.undecodable(heldout[0][1]).data
+    requests = [[data] for _, data in good] + [[truncated]] * 6
     before = statistics(cpu_server, bundle.preprocess.model_name)
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(lambda images: infer(cpu_server.grpc_url, bundle, images), requests))

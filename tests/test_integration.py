@@ -118,42 +118,14 @@ def test_several_zero_padded_images_in_one_request(any_server, bundle, heldout):
     assert [entry[0].decode().split(":", 2)[2] for entry in result] == [label for label, _ in picks]
 
 
-def test_corrupt_image_fails_alone_and_the_server_stays_ready(server, bundle, heldout):
-    """Raw requests (no client-side checks): the server itself must isolate the bad images."""
-    good = [(label, path.read_bytes()) for label, path in heldout[:15]]
-    truncated_jpeg = good[0][1][: len(good[0][1]) // 3]
-    requests = [("good", label, data) for label, data in good] + [("bad", None, truncated_jpeg), ("bad", None, b"not an image")]
-
-    def send(item):
-        kind, label, data = item
-        try:
-            return kind, label, int(np.argmax(raw_scores(server, bundle, data)))
-        except InferenceServerException as exc:
-            return kind, label, exc
-
-    for _ in range(3):
-        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-            outcomes = list(pool.map(send, requests))
-        for kind, label, outcome in outcomes:
-            if kind == "good":
-                assert not isinstance(outcome, Exception), outcome
-                assert bundle.classifier.labels[outcome] == label
-            else:
-                assert isinstance(outcome, InferenceServerException)
-                assert "could not be decoded" in outcome.message()
-    client = httpclient.InferenceServerClient(server.http_url)
-    assert client.is_server_ready()
-    assert all(client.is_model_ready(name) for name in bundle.configs)
-
-
 @pytest.mark.parametrize(("data", "reason"), [
     (b"GIF89a" + bytes(32), f"GIF images are not supported (send {SUPPORTED_TEXT})"),
     (b"GIF87a" + bytes(32), "GIF images are not supported"),
     (b"", "the image is empty (0 bytes)"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR", "PNG image of 16 bytes is corrupt or truncated"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR", "PNG image of 16 bytes is truncated: no IEND chunk"),
     # A bare JPEG 2000 codestream: the server names it from the same signature table the client uses.
     (b"\xff\x4f\xff\x51" + bytes(range(1, 29)), "JPEG 2000 image of 32 bytes is corrupt or truncated"),
-    (b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(range(1, 13)), "WebP image of 28 bytes is corrupt or truncated"),
+    (b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(range(1, 13)), "WebP image of 28 bytes has no readable pixel size"),
 ], ids=["gif89a", "gif87a", "empty", "truncated-png", "j2k-codestream", "truncated-webp"])
 def test_bad_image_error_is_an_invalid_argument_with_the_reason(server, bundle, data, reason):
     client = httpclient.InferenceServerClient(server.http_url)

@@ -104,7 +104,7 @@ def test_the_gpu_and_cpu_pipelines_are_one_graph_that_differs_only_by_the_decode
     differing = [(a, b) for a, b in zip(gpu[DALI_SCRIPT].splitlines(), cpu[DALI_SCRIPT].splitlines(), strict=True) if a != b]
     assert len(differing) == 2, differing
     (gpu_header, cpu_header), (gpu_call, cpu_call) = differing
-    assert gpu_header.replace("`python -m scripts dali-pipeline` (the compose builder) (gpu flavor)",
+    assert gpu_header.replace("`python -m scripts gpu-files` (the compose builder) (gpu flavor)",
                               "`make build` (cpu flavor)") == cpu_header
     assert "decoder='mixed'" in gpu_call and gpu_call.replace("decoder='mixed'", "decoder='cpu'") == cpu_call
 

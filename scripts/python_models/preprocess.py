@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from constants import DALI_PIPELINE
 from dali_runner import synchronous_pipeline
-from image_formats import SUPPORTED_TEXT, UNSUPPORTED, image_format
+from image_formats import SUPPORTED_TEXT, UNSUPPORTED, image_format, refusal
 
 
 def describe(sample: np.ndarray) -> str:
@@ -78,8 +78,7 @@ class TritonPythonModel:
                 self._run([sample])
             except Exception:
                 return pb_utils.TritonError(
-                    f"{self.input_name}: image {index} of the request could not be decoded: "
-                    f"{describe(sample)} (DALI: {dali_reason(exc)})",
+                    refusal(self.input_name, index, f"{describe(sample)} (DALI: {dali_reason(exc)})"),
                     pb_utils.TritonError.INVALID_ARG,
                 )
         return pb_utils.TritonError(f"{self.input_name}: preprocessing failed: {dali_reason(exc)}")
