@@ -13,7 +13,7 @@ REPO ?= model_repository
 # machines): their shared snapshots, beside the checkout or at /work/shared. None there: the build clones.
 export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends /work/shared/vendor/triton-backends))
 
-.PHONY: help install build backends serve apply doctor validate loadtest loadtest-ceiling bench lint test test-gpu verify compose-config clean
+.PHONY: help install build backends serve apply doctor validate loadtest loadtest-ceiling soak bench lint test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ loadtest: build  ## a short headless Locust run against the local server (starte
 
 loadtest-ceiling: build  ## how many req/s one Locust worker drives vs a plain tritonclient loop (identity model)
 	$(PY) -m loadtest.ceiling
+
+soak: build $(if $(filter cpu,$(FLAVOR)),backends)  ## SOAK_SECONDS (default 600) of mixed good and bad traffic and one crash; FLAVOR=local|cpu (build/soak/)
+	$(PY) -m scripts soak --flavor $(FLAVOR) $(ARGS)
 
 bench: build  ## serving cost side by side: in-process vs served, batching on/off, two models, build time (build/bench/)
 	$(PY) -m scripts.bench

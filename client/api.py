@@ -176,6 +176,16 @@ def parse_response(result, output_name: str, images: Sequence[PreparedImage]) ->
     return [ImageResult(image.source, tuple(parse_prediction(e) for e in row)) for image, row in zip(images, rows, strict=True)]
 
 
+def connection_dropped(exc: BaseException) -> bool:
+    """The HTTP client's connection closed under a request: the server died or restarted (a retry is safe:
+    classifying is idempotent)."""
+    try:
+        from geventhttpclient.response import HTTPConnectionClosed
+    except ImportError:  # installed without tritonclient's HTTP extra
+        return False
+    return isinstance(exc, HTTPConnectionClosed)
+
+
 def to_client_error(exc: BaseException, url: str, timeout: float, source: str | None = None) -> ClientError:
     """Map what tritonclient, gRPC, aiohttp and sockets raise to this client's exceptions."""
     from tritonclient.utils import InferenceServerException
@@ -198,7 +208,7 @@ def to_client_error(exc: BaseException, url: str, timeout: float, source: str | 
         return InferenceError(message, source)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return InferenceError(f"no answer within {timeout:g}s; raise the timeout or lower the load", source)
-    if isinstance(exc, OSError) or type(exc).__module__.startswith("aiohttp"):
+    if isinstance(exc, OSError) or connection_dropped(exc) or type(exc).__module__.startswith("aiohttp"):
         return ServerUnavailable(f"cannot connect to {url} ({exc}); check that the server is running", source)
     return InferenceError(f"{type(exc).__name__}: {exc}", source)
 
@@ -332,8 +342,15 @@ class ImageClassifierClient(_Base):
         self._local = threading.local()
         self._clients: list = []
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="image-classifier",
+                                        initializer=self._adopt_thread)
 
-    # One tritonclient client per thread: the HTTP one is not thread-safe.
+    # Every call runs on the client's own threads, each with its tritonclient client for the client's life:
+    # the HTTP one is not thread-safe and stays bound to the thread that made it (gevent), and a client per
+    # call or per caller thread would leave a connection open on the server for each.
+    def _adopt_thread(self) -> None:
+        self._local.owned = True
+
     def _client(self):
         client = getattr(self._local, "client", None)
         if client is None:
@@ -344,6 +361,8 @@ class ImageClassifierClient(_Base):
 
     def _call(self, function: Callable, source: str | None = None):
         """`function(client)` with retries for transient failures, within the timeout."""
+        if not getattr(self._local, "owned", False):
+            return self._pool.submit(self._call, function, source).result()
         deadline, attempt = time.monotonic() + self.timeout, 0
         while True:
             try:
@@ -408,9 +427,8 @@ class ImageClassifierClient(_Base):
         """One result per image, in order; failures are results with `.error` (see `raise_for_error`)."""
         prepared = self._prepare(images, top_k, on_result)
         groups = self._groups(prepared, self.max_batch_size() if self.images_per_request > 1 else None)
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            runs = pool.map(lambda group: report(on_result, self._classify_group(group, top_k)), groups)
-            done = [result for results in runs for result in results]
+        runs = self._pool.map(lambda group: report(on_result, self._classify_group(group, top_k)), groups)
+        done = [result for results in runs for result in results]
         return merge(prepared, done)
 
     def classify_one(self, image: ImageInput, top_k: int = 5) -> ImageResult:
@@ -418,6 +436,7 @@ class ImageClassifierClient(_Base):
         return self.classify([image], top_k)[0].raise_for_error()
 
     def close(self) -> None:
+        self._pool.shutdown()
         with self._lock:
             for client in self._clients:
                 client.close()

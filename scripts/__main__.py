@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts build|serve|validate|diff|apply|doctor|verify|engine|gpu-files --help`.
+"""Command line: `python -m scripts build|serve|validate|diff|apply|doctor|verify|soak|engine|gpu-files --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -185,6 +185,26 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--no-doctor", action="store_true", help="leave the doctor's row out (a host other than the server's)")
     verify.add_argument("--json", action="store_true", help="print [{item, status, value}] as JSON")
 
+    soak = commands.add_parser("soak", help="mixed good and bad traffic for a long time, one crash: does the server hold up?",
+                               description="Good traffic over gRPC and HTTP through the project's client, about 1%% bad "
+                                           "images sent raw, the server's memory, file descriptors and threads sampled, "
+                                           "and one SIGKILL and restart early in the run. Ends with a `soak:` line and "
+                                           "writes soak.csv and soak.png. Exit codes: 0 the goals hold, 1 one does not, "
+                                           "2 usage.")
+    _add_layout_options(soak)
+    target = soak.add_mutually_exclusive_group()
+    target.add_argument("--flavor", choices=GENERATED_FLAVORS, default=SERVED_FLAVOR,
+                        help="start a server of this flavor for the run (default: %(default)s)")
+    target.add_argument("--url", help="soak a running server instead: its gRPC host:port (with --http-url)")
+    soak.add_argument("--http-url", help="the running server's HTTP host:port (with --url)")
+    soak.add_argument("--restart-cmd", help="with --url: the command that kills and restarts that server "
+                                            "(e.g. 'docker compose kill -s KILL triton'); none: no restart")
+    soak.add_argument("--pid", type=int, help="with --url: the server's process id here, to sample its memory")
+    soak.add_argument("--seconds", type=float, default=None, help="how long (default: $SOAK_SECONDS, else 600)")
+    soak.add_argument("--concurrency", type=int, default=8, help="clients, half gRPC, half HTTP (default: %(default)s)")
+    soak.add_argument("--output", type=Path, default=None, help="where soak.csv and soak.png go (default: build/soak)")
+    soak.add_argument("--json", action="store_true", help="print the figures as JSON after the line")
+
     diff = commands.add_parser("diff", help="compare committed configs with what a running server reports",
                                description="Show, for each model of the repository, the configured fields whose live value "
                                            "(GET /v2/models/<name>/config) differs. Exit codes: 0 same, 1 differences, 2 usage "
@@ -334,6 +354,39 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(row.status == verify.FAIL for row in rows) else EXIT_OK
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from scripts import soak
+    from scripts.serve import ServerError, local_server
+
+    layout = _layout(args)
+    if args.url and not args.http_url:
+        print("error: --url needs --http-url too", file=sys.stderr)
+        return EXIT_USAGE
+    seconds = args.seconds if args.seconds is not None else soak.default_seconds()
+    output = args.output or layout.soak
+    progress = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json else print
+    try:
+        if args.url:
+            target = soak.Target(args.url, args.http_url, defaults.DEFAULT_MODEL, restart_cmd=args.restart_cmd, pid=args.pid)
+            result = soak.run(target, layout, seconds, args.concurrency, output, progress)
+        else:
+            with local_server(layout, layout.flavor(args.flavor), log_path=output / "tritonserver.log") as server:
+                target = soak.Target(server.grpc_url, server.http_url, defaults.DEFAULT_MODEL, local=server)
+                result = soak.run(target, layout, seconds, args.concurrency, output, progress)
+    except (ServerError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(result.line())
+    for label, first in (("first failed good request", result.first_good_failure),
+                         ("first bad image not refused clearly", result.first_bad_surprise)):
+        if first:
+            print(f"{label}: {first}")
+    print(f"wrote {output / 'soak.csv'} and {output / 'soak.png'}")
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+    return EXIT_OK if result.goals_met() else EXIT_FAILED
+
+
 def _apply(args: argparse.Namespace) -> int:
     from scripts.apply import apply, mark_loaded
 
@@ -456,7 +509,7 @@ Ctrl-C stops the server.""", flush=True)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply, "doctor": _doctor,
-                "verify": _verify, "engine": _engine, "gpu-files": _gpu_files}
+                "verify": _verify, "soak": _soak, "engine": _engine, "gpu-files": _gpu_files}
     return commands[args.command](args)
 
 

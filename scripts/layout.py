@@ -71,6 +71,10 @@ class Layout:
     def bench(self) -> Path:
         return self.build_dir / "bench"
 
+    @property
+    def soak(self) -> Path:
+        return self.build_dir / "soak"
+
     def flavor(self, name: str) -> Path:
         """The model repository of flavor `name`: the committed one for gpu, a generated one otherwise."""
         return self.repository if name == COMMITTED_FLAVOR else self.build_dir / "repos" / name

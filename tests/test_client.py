@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from geventhttpclient.response import HTTPConnectionClosed
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -29,6 +30,7 @@ from client import (
 from client.api import parse_prediction, to_client_error
 from client.image_formats import UNDECODABLE, refusal
 from client.images import prepare
+from scripts import process_stats
 from scripts.demo import MIN_DEMO_ACCURACY
 from scripts.layout import PROJECT
 from scripts.serve import free_endpoint, free_ports, local_server
@@ -94,6 +96,8 @@ def test_failures_map_to_the_client_exceptions(status, message, kind):
 
 def test_socket_errors_mean_the_server_is_unavailable():
     assert isinstance(to_client_error(ConnectionRefusedError(111, "Connection refused"), "host:1", 5.0), ServerUnavailable)
+    # What tritonclient's HTTP client raises when the server dies under a request.
+    assert isinstance(to_client_error(HTTPConnectionClosed("connection closed."), "host:1", 5.0), ServerUnavailable)
     assert isinstance(to_client_error(TimeoutError(), "host:1", 5.0), InferenceError)
 
 
@@ -144,6 +148,21 @@ def test_classify_sync_and_async_over_both_protocols(server, heldout, protocol, 
     assert all(r.ok and len(r.predictions) == 2 for r in results)
     accuracy = np.mean([r.top.label == label for r, (label, _) in zip(results, picks, strict=True)])
     assert accuracy >= MIN_DEMO_ACCURACY
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_long_lived_client_reuses_its_connections(server, heldout, protocol):
+    """An application keeps one client for hours: calls must not each leave a connection open on the server."""
+    images = [path for _, path in heldout[:2]]
+    with ImageClassifierClient(url_of(server, protocol), protocol=protocol, concurrency=2) as classifier:
+        classifier.classify(images)
+        before = process_stats.sample(server.process.pid).open_fds
+        for _ in range(100):
+            assert all(result.ok for result in classifier.classify(images))
+        after = process_stats.sample(server.process.pid).open_fds
+    print(f"{protocol}: server's open files {before} before and {after} after 100 calls of one client")
+    assert after - before <= 2
 
 
 @pytest.mark.integration

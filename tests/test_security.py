@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from client.defaults import admin_header
-from scripts import releases, tritonserver
+from scripts import process_stats, releases, tritonserver
 from scripts.config import load_bundle
 from scripts.constants import ALLOW_KNOWN_CVES_ENV, CPU, LOCAL, TLS_CA, TLS_CERT, TLS_KEY
 from scripts.doctor import read_env_file
@@ -54,20 +54,12 @@ def test_a_restricted_api_refuses_no_key_and_a_wrong_key_and_answers_the_key(ser
         assert client.is_model_ready(bundle.ensemble.name)  # inference and health stay open
 
 
-def _process_tree(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    found = [pid]
-    for child in children.read_text().split() if children.exists() else []:
-        found += _process_tree(int(child))
-    return found
-
-
 def test_the_key_is_on_one_command_line_only_and_in_no_log(server):
     """Triton takes the key only as a command-line option (--http-restricted-api=...:admin-key=<key>): on
     a shared host, other users can read it in `ps`. No other process of the server carries it (the python
     backend's stubs), and the server's log does not hold it."""
     key = server.admin_key.encode()
-    tree = _process_tree(server.process.pid)
+    tree = process_stats.tree(server.process.pid)
     assert len(tree) > 1, "the python backend's stubs run as the server's children"
     command_lines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in tree}
     assert [pid for pid, line in command_lines.items() if key in line] == [server.process.pid]
