@@ -37,6 +37,13 @@ if [ -f "$TLS_DIR/server.crt" ] || [ -f "$TLS_DIR/server.key" ]; then
   fi
 fi
 
+# Cap an HTTP request's size where the release has the option (scripts/constants.py says why):
+# an older server without it would refuse to start on an unknown flag.
+LIMITS=""
+if tritonserver --help 2>&1 | grep -q -- '--http-max-input-size'; then
+  LIMITS="--http-max-input-size=67108864"
+fi
+
 MODE=${TRITON_MODEL_CONTROL_MODE:-none}
 case "$MODE" in
   none) LOAD="" ;;
@@ -46,7 +53,7 @@ esac
 
 exec tritonserver \
   --model-repository="${TRITON_MODEL_REPOSITORY:-/models}" \
-  --model-control-mode="$MODE" $LOAD $TLS \
+  --model-control-mode="$MODE" $LOAD $TLS $LIMITS \
   --http-restricted-api="$RESTRICTED" \
   --grpc-restricted-protocol="$RESTRICTED" \
   --exit-on-error=true \

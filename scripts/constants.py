@@ -57,3 +57,7 @@ ALLOW_KNOWN_CVES_ENV = "TRITON_ALLOW_KNOWN_CVES"  # "1": serve such a server on 
 # -- gRPC over TLS: the files of a TLS folder (secrets/tls; in compose, mounted at /opt/bundle/tls) ----
 TLS_CERT, TLS_KEY, TLS_CA = "server.crt", "server.key", "ca.crt"  # ca.crt present: clients need a certificate
 TLS_DIR_ENV = "TRITON_GRPC_TLS_DIR"  # another folder than secrets/tls (make serve, docker/serve.sh)
+# The largest HTTP request docker/serve.sh lets the server read, where its release has the option
+# (--http-max-input-size; not the wheel's 2.51): room for the client's largest image, and no more,
+# because the python backend keeps shared memory for the largest request an instance has seen.
+MAX_HTTP_REQUEST_BYTES = 64 * 1024 * 1024

@@ -15,7 +15,8 @@ class Sample:
     # python backend's shared-memory regions are mapped by tritonserver and by a stub, and summing RSS
     # would count them twice.
     rss_bytes: int
-    private_bytes: int  # anonymous resident memory (heaps): what a leak grows
+    heap_bytes: int  # its anonymous part (heaps, stacks): where a leak grows
+    shm_bytes: int  # its shared-memory part: the python backend's regions in /dev/shm
     open_fds: int
     threads: int
 
@@ -47,15 +48,16 @@ def _kib(value: str) -> int:
 
 def sample(pid: int) -> Sample:
     """The sums over the process tree of `pid` (a process that exits meanwhile is left out)."""
-    rss = private = fds = threads = alive = 0
+    rss = heap = shm = fds = threads = alive = 0
     for member in tree(pid):
         try:
-            status, rollup = _fields(f"/proc/{member}/status"), _fields(f"/proc/{member}/smaps_rollup")
+            threads_of, rollup = int(_fields(f"/proc/{member}/status")["Threads"]), _fields(f"/proc/{member}/smaps_rollup")
             fds += len(os.listdir(f"/proc/{member}/fd"))
         except OSError:
             continue
         alive += 1
         rss += _kib(rollup["Pss"])
-        private += _kib(status["RssAnon"])
-        threads += int(status["Threads"])
-    return Sample(alive, rss, private, fds, threads)
+        heap += _kib(rollup["Pss_Anon"])
+        shm += _kib(rollup["Pss_Shmem"])
+        threads += threads_of
+    return Sample(alive, rss, heap, shm, fds, threads)

@@ -7,8 +7,9 @@ Against a server started for the run (`--flavor local|cpu`) or any server (`--ur
 - bad traffic, about 1% of requests: truncated, empty, random bytes, GIF, decompression bombs, sent raw
   (not through the client's checks, which would hide them from the server); each must be refused with
   INVALID_ARGUMENT and its reason;
-- every few seconds, the server's memory (RSS of tritonserver and every python-backend stub), open
-  file descriptors and threads; growth is measured after a warm-up that follows the restart;
+- every few seconds, the server's memory (tritonserver and every python-backend stub), open file
+  descriptors and threads; growth is measured after a warm-up that follows the restart and a burst
+  of the largest image from every client at once (`_fill_pools` says why);
 - once, early in the run, the server is killed (SIGKILL) and started again (`--restart-cmd` for a
   remote one): recovery_s is how long a new client found it unavailable (a readiness probe every
   0.1 s, from its first refusal to its next "ready"), and good requests in that window must still
@@ -51,7 +52,8 @@ SAMPLE_EVERY_S = 2.0
 PROBE_EVERY_S = 0.1
 MAX_RSS_GROWTH_PCT = 5.0
 RESTART_AT = 0.15  # of the run: early, so that most of it measures growth from one start
-WARMUP_AFTER_RESTART_S = 30.0
+WARMUP_AFTER_RESTART_S = 30.0  # or a tenth of a short run
+FILL_ROUNDS = 5
 CLIENT_RETRIES = 10  # backoff up to 8 s: rides through a restart of tens of seconds
 CLIENT_TIMEOUT_S = 120.0
 
@@ -208,6 +210,27 @@ def unavailable_window(probes: list[tuple[float, float, bool]], since: float) ->
     return (down, up) if up is not None else None
 
 
+def _fill_pools(target: Target, largest: bytes, concurrency: int) -> None:
+    """Send the largest good image from `concurrency` clients at once, over both protocols, a few times.
+
+    The server keeps memory it needed once, for reuse: the python backend's shared memory and DALI's
+    buffers grow to the largest batch they have held, and the traffic's largest batch (every client
+    sending the largest image at once) is rare, so without this it arrives at a random time and looks
+    like growth. After it, what still grows is what a leak would grow."""
+    def burst(protocol: str) -> None:
+        url = target.grpc_url if protocol == "grpc" else target.http_url
+        with ImageClassifierClient(url, protocol=protocol, model=target.model, retries=CLIENT_RETRIES,
+                                   timeout=CLIENT_TIMEOUT_S, concurrency=concurrency) as classifier:
+            for _ in range(FILL_ROUNDS):
+                classifier.classify([largest] * concurrency, top_k=1)
+
+    threads = [threading.Thread(target=burst, args=(protocol,)) for protocol in ("grpc", "http")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def run(target: Target, layout: Layout, seconds: float, concurrency: int, output: Path,
         progress: Callable[[str], None] = print) -> Result:
     photos = [path for _, path in heldout_images(layout.heldout)][:20] or [p for p in layout.repository.rglob("*.jpg")]
@@ -229,6 +252,11 @@ def run(target: Target, layout: Layout, seconds: float, concurrency: int, output
     for worker in workers:
         worker.start()
     restart_at, restarted_at, next_sample = started + RESTART_AT * seconds, None, started
+    restartable = target.local is not None or bool(target.restart_cmd)
+    largest = max(good, key=len)
+    if not restartable:
+        _fill_pools(target, largest, concurrency)
+    filled_at = time.monotonic()
     while time.monotonic() < started + seconds:
         now = time.monotonic()
         if now >= next_sample:
@@ -238,18 +266,20 @@ def run(target: Target, layout: Layout, seconds: float, concurrency: int, output
             if len(samples) % 15 == 0:
                 progress(f"soak: {now - started:.0f}/{seconds:.0f} s, good={tally.good} failed={tally.good_failed} "
                          f"bad={tally.bad_sent}")
-        if restarted_at is None and now >= restart_at and (target.local is not None or target.restart_cmd):
+        if restarted_at is None and now >= restart_at and restartable:
             progress("soak: killing the server (SIGKILL) and starting it again ...")
             restarted_at = time.monotonic()
             target.restart()
             progress(f"soak: the server is back after {time.monotonic() - restarted_at:.1f} s")
+            _fill_pools(target, largest, concurrency)
+            filled_at = time.monotonic()
         time.sleep(0.2)
     stop.set()
     for worker in workers:
         worker.join(timeout=CLIENT_TIMEOUT_S)
     window = unavailable_window(probes, restarted_at) if restarted_at is not None else None
     recovery_s = window[1] - window[0] if window else float("nan")
-    warm_from = (window[1] if window else restarted_at or started) + WARMUP_AFTER_RESTART_S
+    warm_from = max(window[1] if window else restarted_at or started, filled_at) + min(WARMUP_AFTER_RESTART_S, seconds / 10)
     measured = [(t, s) for t, s in samples if s is not None and t >= warm_from]
     rss_growth = fd_growth = float("nan")
     if len(measured) >= 6:
@@ -274,6 +304,8 @@ def _write(output: Path, started: float, samples, tally: Tally, restarted_at: fl
         window = answered[(answered[:, 0] >= moment) & (answered[:, 0] < following)] if len(answered) else answered
         rows.append({"t_s": round(moment - started, 1),
                      "rss_mib": round(sample.rss_bytes / 2**20, 1) if sample else "",
+                     "heap_mib": round(sample.heap_bytes / 2**20, 1) if sample else "",
+                     "shm_mib": round(sample.shm_bytes / 2**20, 1) if sample else "",
                      "open_fds": sample.open_fds if sample else "", "threads": sample.threads if sample else "",
                      "processes": sample.processes if sample else "", "answered": len(window),
                      "p50_ms": round(float(np.percentile(window[:, 1], 50)), 2) if len(window) else "",
@@ -288,8 +320,10 @@ def _write(output: Path, started: float, samples, tally: Tally, restarted_at: fl
     import matplotlib.pyplot as plt
 
     figure, (memory, latency) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    points = [(r["t_s"], r["rss_mib"]) for r in rows if r["rss_mib"] != ""]
-    memory.plot([p[0] for p in points], [p[1] for p in points], label="server RSS (MiB)")
+    for column, label in (("rss_mib", "server memory (MiB, PSS)"), ("heap_mib", "of which heaps"),
+                          ("shm_mib", "of which shared memory")):
+        points = [(r["t_s"], r[column]) for r in rows if r[column] != ""]
+        memory.plot([p[0] for p in points], [p[1] for p in points], label=label)
     points = [(r["t_s"], r["p50_ms"], r["p99_ms"]) for r in rows if r["p50_ms"] != ""]
     latency.plot([p[0] for p in points], [p[1] for p in points], label="p50 ms")
     latency.plot([p[0] for p in points], [p[2] for p in points], label="p99 ms")

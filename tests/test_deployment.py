@@ -129,10 +129,14 @@ def test_no_secret_is_committed():
     assert not any("KEY" in key for key in dotenv())
 
 
-def fake_tritonserver(directory: Path) -> Path:
-    """A stand-in that prints its arguments, to read the command line serve.sh builds."""
+def fake_tritonserver(directory: Path, options: tuple[str, ...] = ()) -> Path:
+    """A stand-in that prints its arguments, to read the command line serve.sh builds; asked for --help,
+    it lists `options` the way tritonserver's usage text does."""
+    usage = "".join(f"  {option} <integer>\\n" for option in options)
+    directory.mkdir(parents=True, exist_ok=True)
     script = directory / "tritonserver"
-    script.write_text("#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\n")
+    script.write_text(f'#!/bin/sh\nif [ "$1" = --help ]; then printf "Usage: tritonserver [options]\\n{usage}"; exit 1; fi\n'
+                      'for a in "$@"; do echo "$a"; done\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return directory
 
@@ -166,6 +170,18 @@ def test_entrypoint_hardening_flags(tmp_path):
     assert {"--model-control-mode=none", "--exit-on-error=true", "--strict-readiness=true",
             "--disable-auto-complete-config", "--model-repository=/models"} <= set(flags)
     assert not any(f.startswith("--load-model") for f in flags)
+
+
+def test_entrypoint_caps_http_requests_where_the_release_can(tmp_path):
+    """Releases with --http-max-input-size get the bundle's cap; the wheel's 2.51 (no such option) gets nothing
+    it would refuse to start on (the real binary: the integration test below)."""
+    from client.images import Limits
+    from scripts.constants import MAX_HTTP_REQUEST_BYTES
+
+    capable = run_entrypoint(tmp_path, KEY, None, fake_tritonserver(tmp_path / "new", ("--http-max-input-size",)))
+    assert f"--http-max-input-size={MAX_HTTP_REQUEST_BYTES}" in capable.stdout.splitlines(), capable.stderr
+    assert not any(f.startswith("--http-max-input-size") for f in run_entrypoint(tmp_path).stdout.splitlines())
+    assert Limits().max_bytes < MAX_HTTP_REQUEST_BYTES  # the client's largest image fits in one request
 
 
 def test_entrypoint_explicit_mode_loads_every_model_and_poll_is_refused(tmp_path):

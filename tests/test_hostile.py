@@ -20,7 +20,8 @@ from tritonclient.utils import InferenceServerException
 from scripts import process_stats
 from scripts.serve import local_server
 
-HUGE = 64 * 1024 * 1024
+HUGE = 256 * 1024 * 1024  # far over any image (the client refuses images over 32 MB)
+LARGE = 64 * 1024 * 1024  # for the memory test: 16 of them
 HUGE_ROUNDS = 8  # sequential huge requests per half of the test: more than fill every pool that keeps one
 SLOW_CLIENTS = 200
 BOUNDED_SECONDS = 5.0
@@ -57,9 +58,9 @@ def settled(server, seconds: float = 10.0) -> process_stats.Sample:
     return last
 
 
-def send_huge(server, bundle, protocol: str, count: int) -> None:
-    """`count` requests of one HUGE "image" (a JPEG signature, then nothing that parses), each refused."""
-    huge = np.zeros((1, HUGE), np.uint8)
+def send_huge(server, bundle, protocol: str, count: int, size: int = HUGE) -> None:
+    """`count` requests of one `size`-byte "image" (a JPEG signature, then nothing that parses), each refused."""
+    huge = np.zeros((1, size), np.uint8)
     huge[0, :4] = np.frombuffer(b"\xff\xd8\xff\xe0", np.uint8)
     module = grpcclient if protocol == "grpc" else httpclient
     with module.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url) as client:
@@ -74,7 +75,7 @@ def send_huge(server, bundle, protocol: str, count: int) -> None:
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_huge_requests_are_refused_with_the_reason_and_the_server_goes_on(target, bundle, heldout, protocol):
-    """No image is 64 MB: the image check refuses it, the server stays ready and answers the next request."""
+    """No image is 256 MB: the image check refuses it, the server stays ready and answers the next request."""
     sample = heldout[0][1].read_bytes()
     send_huge(target, bundle, protocol, 2)
     assert healthy(target, bundle) and classify(target, bundle, sample, protocol) >= 0
@@ -89,12 +90,12 @@ def test_huge_http_requests_stop_adding_memory(target, bundle, heldout):
     classify(target, bundle, sample, "http")  # every path warm before the baseline
     memory = [settled(target)]
     for _ in range(2):
-        send_huge(target, bundle, "http", HUGE_ROUNDS)
+        send_huge(target, bundle, "http", HUGE_ROUNDS, LARGE)
         memory.append(settled(target))
     mib = [f"{sample.rss_bytes / 2**20:.0f}" for sample in memory]
     print(f"http: server memory {' -> '.join(mib)} MiB (start, after {HUGE_ROUNDS}, after {2 * HUGE_ROUNDS} "
-          f"requests of {HUGE >> 20} MiB)")
-    assert memory[2].rss_bytes - memory[1].rss_bytes < HUGE / 2, "huge requests keep adding memory"
+          f"requests of {LARGE >> 20} MiB)")
+    assert memory[2].rss_bytes - memory[1].rss_bytes < LARGE / 2, "huge requests keep adding memory"
 
 
 def http_infer_raw(server, header: dict, body: bytes) -> tuple[int, str]:
