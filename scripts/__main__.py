@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from client import defaults
@@ -327,15 +328,16 @@ def _host_doctor(args: argparse.Namespace):
     return doctor.Doctor(args.env_file or doctor.ENV_FILE, args.admin_key_file or doctor.ADMIN_KEY_FILE, _layout(args))
 
 
+def _report_rows(rows: list, as_json: bool, format_rows: Callable[[list], str], failed: str) -> int:
+    """Print checks (the doctor's, verify's) as a table or JSON; exit code 1 when one has status `failed`."""
+    print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2) if as_json else format_rows(rows))
+    return EXIT_FAILED if any(row.status == failed for row in rows) else EXIT_OK
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from scripts import doctor
 
-    found = _host_doctor(args).run()
-    if args.json:
-        print(json.dumps([dataclasses.asdict(check) for check in found], indent=2))
-    else:
-        print(doctor.format_checks(found))
-    return EXIT_FAILED if any(check.status == doctor.FAIL for check in found) else EXIT_OK
+    return _report_rows(_host_doctor(args).run(), args.json, doctor.format_checks, doctor.FAIL)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -347,11 +349,7 @@ def _verify(args: argparse.Namespace) -> int:
     rows = verify.verify(_layout(args), args.flavor, url, None if args.no_doctor else host,
                          seconds=verify.SECONDS if args.seconds is None else args.seconds,
                          progress=lambda message: print(message, file=progress, flush=True))
-    if args.json:
-        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
-    else:
-        print(verify.format_rows(rows))
-    return EXIT_FAILED if any(row.status == verify.FAIL for row in rows) else EXIT_OK
+    return _report_rows(rows, args.json, verify.format_rows, verify.FAIL)
 
 
 def _soak(args: argparse.Namespace) -> int:

@@ -102,6 +102,14 @@ class Target:
         self.grpc_url, self.http_url, self.model = grpc_url, http_url, model
         self.local, self.restart_cmd, self.fixed_pid = local, restart_cmd, pid
 
+    def url(self, protocol: str) -> str:
+        return self.grpc_url if protocol == "grpc" else self.http_url
+
+    def classifier(self, protocol: str, concurrency: int = 1) -> ImageClassifierClient:
+        """The project's client, with retries that ride through a restart."""
+        return ImageClassifierClient(self.url(protocol), protocol=protocol, model=self.model, retries=CLIENT_RETRIES,
+                                     timeout=CLIENT_TIMEOUT_S, concurrency=concurrency)
+
     @property
     def pid(self) -> int | None:
         return self.local.process.pid if self.local is not None else self.fixed_pid
@@ -120,9 +128,7 @@ class Target:
 def _good_worker(target: Target, protocol: str, samples: list[bytes], tally: Tally, stop: threading.Event,
                  bad: Callable[[], None], seed: int) -> None:
     chooser = random.Random(seed)
-    url = target.grpc_url if protocol == "grpc" else target.http_url
-    with ImageClassifierClient(url, protocol=protocol, model=target.model, retries=CLIENT_RETRIES,
-                               timeout=CLIENT_TIMEOUT_S) as classifier:
+    with target.classifier(protocol) as classifier:
         while not stop.is_set():
             if chooser.random() < BAD_FRACTION:
                 bad()
@@ -142,7 +148,7 @@ def _bad_sender(target: Target, protocol: str, samples: list[corpus.Sample], tal
     """Sends one bad image raw (no client checks), retrying only while the server is unreachable."""
     module = triton_module(protocol, aio=False)
     chooser = random.Random(seed)
-    url = target.grpc_url if protocol == "grpc" else target.http_url
+    url = target.url(protocol)
     invalid = {"StatusCode.INVALID_ARGUMENT", "400"}
 
     def attempt(data: np.ndarray) -> None:
@@ -218,9 +224,7 @@ def _fill_pools(target: Target, largest: bytes, concurrency: int) -> None:
     sending the largest image at once) is rare, so without this it arrives at a random time and looks
     like growth. After it, what still grows is what a leak would grow."""
     def burst(protocol: str) -> None:
-        url = target.grpc_url if protocol == "grpc" else target.http_url
-        with ImageClassifierClient(url, protocol=protocol, model=target.model, retries=CLIENT_RETRIES,
-                                   timeout=CLIENT_TIMEOUT_S, concurrency=concurrency) as classifier:
+        with target.classifier(protocol, concurrency) as classifier:
             for _ in range(FILL_ROUNDS):
                 classifier.classify([largest] * concurrency, top_k=1)
 

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from client.api import triton_module
 from scripts import process_stats
 from scripts.serve import local_server
 
@@ -39,8 +39,8 @@ def healthy(server, bundle) -> bool:
 
 
 def classify(server, bundle, image: bytes, protocol: str = "grpc") -> int:
-    module = grpcclient if protocol == "grpc" else httpclient
-    with module.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url) as client:
+    module = triton_module(protocol, aio=False)
+    with module.InferenceServerClient(server.endpoint.url(protocol)) as client:
         tensor = module.InferInput(bundle.ensemble.input[0].name, [1, len(image)], "UINT8")
         tensor.set_data_from_numpy(np.frombuffer(image, np.uint8).reshape(1, -1))
         return int(np.argmax(client.infer(bundle.ensemble.name, [tensor]).as_numpy(bundle.classifier.output_name)))
@@ -62,8 +62,8 @@ def send_huge(server, bundle, protocol: str, count: int, size: int = HUGE) -> No
     """`count` requests of one `size`-byte "image" (a JPEG signature, then nothing that parses), each refused."""
     huge = np.zeros((1, size), np.uint8)
     huge[0, :4] = np.frombuffer(b"\xff\xd8\xff\xe0", np.uint8)
-    module = grpcclient if protocol == "grpc" else httpclient
-    with module.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url) as client:
+    module = triton_module(protocol, aio=False)
+    with module.InferenceServerClient(server.endpoint.url(protocol)) as client:
         tensor = module.InferInput(bundle.ensemble.input[0].name, list(huge.shape), "UINT8")
         tensor.set_data_from_numpy(huge)
         for _ in range(count):
