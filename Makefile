@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-MODEL ?= demo
+# The model the build takes: empty, the one `make adopt` recorded (else the demo); or a file, or "demo".
+MODEL ?=
+CODE ?=
 FLAVOR ?= local
 EXTRAS ?= build,dali,local,backends,client,loadtest,bench,test
 comma := ,
@@ -13,7 +15,7 @@ REPO ?= model_repository
 # machines): their shared snapshots, beside the checkout or at /work/shared. None there: the build clones.
 export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends /work/shared/vendor/triton-backends))
 
-.PHONY: help install build backends serve apply doctor validate loadtest loadtest-ceiling soak bench lint test test-gpu verify compose-config clean
+.PHONY: help install adopt build backends serve apply doctor validate loadtest loadtest-ceiling soak bench lint test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,8 +31,12 @@ HOST_TOOLS := $(VENV)/.installed-client
 
 install: $(INSTALLED)  ## create .venv and install the project (EXTRAS=build,dali,local,client,loadtest,bench,test)
 
-build: install  ## build artifacts and the cpu/local repositories (MODEL=demo or a model file)
-	$(PY) -m scripts build --model '$(MODEL)'
+build: install  ## build artifacts and the cpu/local repositories (the adopted model, else the demo; MODEL=file|demo, CODE=dir)
+	$(PY) -m scripts build $(if $(MODEL),--model '$(MODEL)') $(if $(CODE),--code '$(CODE)')
+
+adopt: install  ## fit the configs to your model: MODEL=file [LABELS=file] [INPUT_SIZE=224] [CODE=dir] (shows the diff; ARGS=--yes writes)
+	$(PY) -m scripts adopt '$(MODEL)' $(if $(LABELS),--labels '$(LABELS)') $(if $(INPUT_SIZE),--input-size '$(INPUT_SIZE)') \
+		$(if $(CODE),--code '$(CODE)') $(ARGS)
 
 backends: install  ## compile Triton's DALI and ONNX Runtime backends for the cpu flavor (needs g++, make, patch, rapidjson-dev)
 	$(PY) -m scripts build --only backends
@@ -75,5 +81,5 @@ verify: $(HOST_TOOLS)  ## after `docker compose up` (or `make serve FLAVOR=...`)
 compose-config:  ## validate docker-compose.yml for every profile, offline
 	for p in gpu cpu gpu,verify gpu,loadtest gpu,apply; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
 
-clean:  ## remove build outputs (not the venv)
-	rm -rf build
+clean:  ## remove build outputs (not the venv, nor the record of the adopted model)
+	find build -mindepth 1 -maxdepth 1 ! -name adopted.json -exec rm -rf {} + 2>/dev/null || true

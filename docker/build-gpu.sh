@@ -2,7 +2,8 @@
 # The compose `builder` (gpu profile): every artifact of the gpu flavor, then the validator.
 # Exits non-zero on the first failure, so the server never starts on a half-built repository.
 set -euo pipefail
-python -m scripts build --model "${MODEL:-demo}" --flavor cpu
+# MODEL (a file inside the project, or "demo") and MODEL_CODE from .env; unset: the model `make adopt` recorded.
+python -m scripts build ${MODEL:+--model "$MODEL"} ${MODEL_CODE:+--code "$MODEL_CODE"} --flavor cpu
 python -m scripts engine --precision "${TRT_PRECISION:-fp16}"
 python -m scripts gpu-files
 python -m scripts validate --require-artifacts --strict --flavor gpu model_repository

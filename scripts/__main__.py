@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts build|serve|validate|diff|apply|doctor|verify|soak|engine|gpu-files --help`.
+"""Command line: `python -m scripts adopt|build|serve|validate|diff|apply|doctor|verify|soak|engine|gpu-files --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -72,13 +72,40 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    adopt = commands.add_parser(
+        "adopt", help="fit the committed configs to your model and labels (diff first, --yes to write)",
+        description="Look at MODEL (ONNX: its input and output shapes; torch: a trial forward pass at --input-size), "
+                    "edit the values of the committed configs that depend on it where they stand (comments and layout "
+                    "kept): crop size, resize, normalization, number of scores; write labels.txt; validate; record the "
+                    "model for the build. Shows the diff and writes nothing without --yes. Exit codes: 0 shown or "
+                    "written, 1 the model does not fit (the message says why and what to do), 2 usage or config error.")
+    _add_layout_options(adopt)
+    adopt.add_argument("model", type=Path, help="ONNX, TorchScript, or a pickled torch.nn.Module (torch.save(model))")
+    adopt.add_argument("--labels", type=Path, help="one label per line, in the order of the model's scores "
+                                                    "(default: keep labels.txt; its count must match)")
+    adopt.add_argument("--input-size", metavar="N|HxW", help="the image size the model takes (needed for torch "
+                                                             "models; an ONNX model's own size is read from it)")
+    adopt.add_argument("--resize-shorter", type=int, metavar="N",
+                       help="resize the shorter side to N before the center crop (default: kept for the same crop, "
+                            "else crop x 256/224, ImageNet's convention)")
+    adopt.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="per-channel mean on the 0..1 scale (default: keep the config's)")
+    adopt.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="per-channel standard deviation on the 0..1 scale (default: keep the config's)")
+    adopt.add_argument("--code", action="append", type=Path, default=[], metavar="DIR",
+                       help="a folder with the Python code of a pickled model's classes (repeatable; the build reuses it)")
+    adopt.add_argument("--yes", action="store_true", help="write the edits (default: show them only)")
+    adopt.add_argument("--json", action="store_true", help="print the plan and the full diff as JSON")
+
     build = commands.add_parser("build", help="build artifacts and the cpu/local repositories",
                                 description="Build the artifacts and the generated repositories.\n\n" + _stages_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_layout_options(build)
-    build.add_argument("--model", default=DEMO_MODEL,
-                       help=f"'{DEMO_MODEL}' (default: train the built-in demo model), or a model file: "
-                            "ONNX (.onnx), TorchScript, or a pickled torch.nn.Module (torch.save(model))")
+    build.add_argument("--model", default=None,
+                       help=f"a model file: ONNX, TorchScript, or a pickled torch.nn.Module (torch.save(model)); or "
+                            f"'{DEMO_MODEL}' (train the built-in demo model). Default: the model `adopt` recorded, else the demo")
+    build.add_argument("--code", action="append", type=Path, default=[], metavar="DIR",
+                       help="a folder with the Python code of a pickled model's classes (repeatable)")
     build.add_argument("--flavor", choices=[*GENERATED_FLAVORS, "all"], default="all",
                        help="which repositories to generate (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild every stage (with --only: those stages)")
@@ -221,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _engine(args: argparse.Namespace) -> int:
     from scripts import engine
-    from scripts.build import Builder
+    from scripts.build import ALL_HELDOUT, Builder
 
     try:
         builder = Builder(_layout(args), progress=lambda m: None)
@@ -247,7 +274,7 @@ def _engine(args: argparse.Namespace) -> int:
     progress_stream = sys.stderr if args.json else sys.stdout
     try:
         metadata = engine.build(builder.layout.onnx, plan, spec, args.precision, cache_dir,
-                                builder.verification_inputs(limit=None), force=args.force,
+                                builder.verification_inputs(rendered=ALL_HELDOUT), force=args.force,
                                 progress=lambda m: print(m, file=progress_stream, flush=True))
     except engine.EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -406,16 +433,53 @@ def _apply(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+def _adopt(args: argparse.Namespace) -> int:
+    from scripts import adopt
+    from scripts.intake import IntakeError
+
+    layout = _layout(args)
+    try:
+        size = adopt.parse_size(args.input_size) if args.input_size else None
+        plan = adopt.plan(layout, args.model, args.labels, size, args.resize_shorter, args.mean, args.std, tuple(args.code))
+    except (adopt.AdoptError, IntakeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    project = layout.repository.resolve().parent
+    record = adopt.write(plan, layout) if args.yes else None
+    if args.json:
+        print(json.dumps({
+            "model": str(plan.model), "kind": plan.signature.kind, "input_size": plan.signature.size,
+            "scores": plan.signature.scores, "resize_shorter": plan.resize_shorter, "labels": len(plan.labels),
+            "files": [str(path) for path in plan.changes], "diff": plan.diff(project, labels_in_full=True),
+            "written": args.yes, "record": str(record) if record else None,
+        }, indent=2))
+        return EXIT_OK
+    print(plan.diff(project) or "the configs already fit this model")
+    print(adopt.summary(plan))
+    if record is None:
+        print(f"nothing written: run again with --yes (make adopt ... ARGS=--yes) to write {len(plan.changes)} file(s)")
+        return EXIT_OK
+    print(f"written; the build will use this model (recorded in {record})")
+    print("next: make serve" + ("" if plan.model.resolve().is_relative_to(project) else
+                                 f"\nfor the GPU box's builder container, move {plan.model} (and any --code folder) "
+                                 f"inside {project} and adopt it from there: the container sees only this folder"))
+    return EXIT_OK
+
+
 def _build(args: argparse.Namespace) -> int:
     from scripts.backends import BackendBuildError
-    from scripts.build import Builder, BuildError
+    from scripts.build import Builder, BuildError, model_choice
     from scripts.export import ExportError
     from scripts.intake import IntakeError
 
     progress_stream = sys.stderr if args.json else sys.stdout
     flavors = GENERATED_FLAVORS if args.flavor == "all" else (args.flavor,)
     try:
-        builder = Builder(_layout(args), model=args.model, force=args.force,
+        choice = model_choice(_layout(args), args.model, tuple(map(str, args.code)))
+        builder = Builder(_layout(args), model=choice.model, code=choice.code, force=args.force,
                           progress=lambda message: print(message, file=progress_stream, flush=True))
         results = builder.run(flavors, only=tuple(args.only) if args.only else None, also=tuple(args.also))
     except (ExportError, BuildError, BackendBuildError) as exc:
@@ -506,8 +570,8 @@ Ctrl-C stops the server.""", flush=True)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply, "doctor": _doctor,
-                "verify": _verify, "soak": _soak, "engine": _engine, "gpu-files": _gpu_files}
+    commands = {"adopt": _adopt, "build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply,
+                "doctor": _doctor, "verify": _verify, "soak": _soak, "engine": _engine, "gpu-files": _gpu_files}
     return commands[args.command](args)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from client import defaults
 from scripts import plan_metadata
-from scripts.build import Builder, recorded_model
+from scripts.build import Builder, ModelChoice, model_choice, recorded_model
 from scripts.config import Bundle, ConfigError, load_bundle
 from scripts.constants import CONFIG_FILENAME, DEMO_MODEL, GPU, TENSORRT_PLAN
 from scripts.layout import Layout
@@ -329,15 +329,18 @@ class Apply:
                               "`docker compose run --rm builder`, then apply again")
             self.step("rebuild", "the gpu flavor's artifacts fit the configs")
             return
-        model = self.model or recorded_model(self.layout) or DEMO_MODEL
-        self.step("rebuild", f"the {self.flavor} flavor ({model} model), only what the edit invalidates")
+        choice = model_choice(self.layout, self.model)
+        if choice.model == DEMO_MODEL and recorded_model(self.layout):  # the model the running server was built with
+            choice = ModelChoice(recorded_model(self.layout))
+        self.step("rebuild", f"the {self.flavor} flavor ({choice.model} model), only what the edit invalidates")
         from scripts.backends import BackendBuildError
         from scripts.build import BuildError
         from scripts.export import ExportError
         from scripts.intake import IntakeError
 
         try:
-            results = Builder(self.layout, model=model, progress=lambda m: self.progress(f"      {m}")).run((self.flavor,))
+            results = Builder(self.layout, model=choice.model, code=choice.code,
+                              progress=lambda m: self.progress(f"      {m}")).run((self.flavor,))
         except (BuildError, ExportError, IntakeError, BackendBuildError) as exc:
             raise Refused(f"the build failed: {exc}") from None
         built = [r.name for r in results if r.status == "built"]

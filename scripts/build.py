@@ -22,14 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from scripts import backends, config, demo, export, intake, preprocess, repository, tritonserver
+from scripts import backends, config, corpus, demo, export, intake, preprocess, repository, tritonserver
 from scripts import validate as validate_module
 from scripts.config import Bundle, ConfigError
 from scripts.constants import DEMO_MODEL, GENERATED_FLAVORS
 from scripts.layout import Layout
 from scripts.validate import checked_bundle, validate
 
-VERIFY_SAMPLES = 64
+# The parity check's images, whatever the labels: rendered demo JPEGs, the warmup images, and the
+# odd-but-valid kinds made from them (corpus.good: grayscale, CMYK, alpha, EXIF, BMP, very large, tiny).
+VERIFY_RENDERED = 48
+ALL_HELDOUT = demo.HELDOUT_PER_CLASS * len(demo.SHAPES)  # the TensorRT accuracy gate takes every held-out image
+VERIFY_KIND_SOURCES = 3  # photos each odd kind is made from
+VERIFY_MIN_IMAGES = 64
+ADOPTED_RECORD = "adopted.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -80,6 +86,45 @@ def recorded_model(layout: Layout) -> str | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """What the build exports: the demo, or a user's model file and the folders its code lives in."""
+
+    model: str = DEMO_MODEL
+    code: tuple[str, ...] = ()
+
+
+def adopted_record(layout: Layout) -> Path:
+    """Where `adopt` records the model it adopted: beside the build outputs, kept by `make clean`."""
+    return layout.build_dir / ADOPTED_RECORD
+
+
+def record_adopted(layout: Layout, choice: ModelChoice) -> Path:
+    """Paths inside the project are kept relative to it: the builder container sees the project elsewhere."""
+    project = layout.repository.resolve().parent
+
+    def portable(path: str) -> str:
+        resolved = Path(path).resolve()
+        return str(resolved.relative_to(project)) if resolved.is_relative_to(project) else str(resolved)
+
+    record = adopted_record(layout)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"model": portable(choice.model), "code": [portable(c) for c in choice.code]}, indent=2))
+    return record
+
+
+def model_choice(layout: Layout, model: str | None = None, code: tuple[str, ...] = ()) -> ModelChoice:
+    """The model given, else the adopted one (`python -m scripts adopt`), else the demo."""
+    if model:
+        return ModelChoice(model, tuple(code))
+    try:
+        record = json.loads(adopted_record(layout).read_text())
+    except (OSError, ValueError):
+        return ModelChoice(DEMO_MODEL, tuple(code))
+    project = layout.repository.resolve().parent
+    return ModelChoice(str(project / record["model"]), tuple(code) or tuple(str(project / c) for c in record.get("code", ())))
+
+
 class BuildError(RuntimeError):
     """A build output failed its checks."""
 
@@ -118,9 +163,11 @@ class StageResult:
 class Builder:
     """Runs STAGES in order, after the validator found no error in the committed repository."""
 
-    def __init__(self, layout: Layout, model: str = DEMO_MODEL, force: bool = False, progress: Callable[[str], None] = print):
+    def __init__(self, layout: Layout, model: str = DEMO_MODEL, force: bool = False, progress: Callable[[str], None] = print,
+                 code: tuple[str, ...] = ()):
         self.layout = layout
         self.model = model
+        self.code = tuple(Path(folder) for folder in code)  # where a pickled model's classes are defined
         self.force = force
         self.progress = progress
         self.bundle: Bundle = checked_bundle(layout.repository)
@@ -196,13 +243,21 @@ class Builder:
     def demo(self) -> bool:
         return self.model == DEMO_MODEL
 
-    def verification_inputs(self, limit: int | None = VERIFY_SAMPLES) -> np.ndarray:
-        """Real images, preprocessed: (up to `limit` of) the held-out JPEGs, and the warmup images."""
-        files = [path for _, path in demo.heldout_images(self.layout.heldout)][:limit] + self.bundle.warmup_images
-        if not files:
-            raise ConfigError(self.bundle.warmup_dir, "no image to verify the model on: put a sample image (JPEG or PNG) "
-                                                      "in this folder and reference it in the preprocessing model_warmup")
-        return np.stack([preprocess.reference(f.read_bytes(), self.bundle.preprocess) for f in files])
+    def verification_images(self, rendered: int = VERIFY_RENDERED) -> list[corpus.Sample]:
+        """Real encoded images of many kinds for the parity checks, whatever the labels: `rendered` demo
+        JPEGs (the held-out ones, in memory), the warmup images, and the odd-but-valid kinds made from them."""
+        jpegs = [jpeg for _, jpeg in demo.heldout_samples(rendered)]
+        warmup = [path.read_bytes() for path in self.bundle.warmup_images]
+        samples = [corpus.Sample("rendered-jpeg", jpeg) for jpeg in jpegs] + [corpus.Sample("warmup", w) for w in warmup]
+        samples += corpus.good((warmup + jpegs)[:VERIFY_KIND_SOURCES])
+        if len(samples) < VERIFY_MIN_IMAGES:
+            raise BuildError(f"only {len(samples)} images to verify the model on; the check needs {VERIFY_MIN_IMAGES}")
+        return samples
+
+    def verification_inputs(self, rendered: int = VERIFY_RENDERED) -> np.ndarray:
+        """The verification images, preprocessed as the preprocessing config says: [N, 3, H, W]."""
+        spec = self.bundle.preprocess
+        return np.stack([preprocess.reference(sample.data, spec) for sample in self.verification_images(rendered)])
 
     # -- heldout -------------------------------------------------------------------------------
     def heldout_skip(self) -> Skip | None:
@@ -245,7 +300,10 @@ class Builder:
         path = Path(self.model)
         if not path.is_file():
             raise intake.IntakeError(f"{path}: model file not found")
-        return {"model": str(path.resolve()), "sha256": sha256_file(path)}
+        source = {"model": str(path.resolve()), "sha256": sha256_file(path)}
+        if self.code:  # the code of a pickled model's classes makes the model as much as its weights do
+            source["code"] = {str(path.resolve()): sha256_file(path) for path in intake.code_files(self.code)}
+        return source
 
     def model_run(self) -> dict[str, Any]:
         import torch
@@ -263,7 +321,7 @@ class Builder:
             module = demo.make_model(len(self.labels))
             module.load_state_dict(torch.load(self.layout.demo_weights, map_location="cpu"))
             return DEMO_MODEL, module.eval()
-        loaded = intake.load(Path(self.model))
+        loaded = intake.load(Path(self.model), self.code)
         return loaded.kind, loaded.module
 
     # -- onnx ----------------------------------------------------------------------------------
@@ -284,7 +342,7 @@ class Builder:
         # Verified before it takes the place of the last good export.
         staging = self.layout.onnx.with_suffix(".tmp.onnx")
         if module is None:
-            shutil.copy2(self.model, staging)
+            export.adopt_onnx(Path(self.model), self.bundle.classifier, staging)
         else:
             export.export(module, self.bundle.classifier, staging)
         report = export.verify(staging, self.bundle.classifier, self.verification_inputs(), module)

@@ -14,7 +14,6 @@ import io
 import random
 import struct
 import zlib
-from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,17 +37,23 @@ def _exif_rotated(image) -> bytes:
     return _encode(image.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes())
 
 
-def good(photos: list[Path]) -> list[Sample]:
-    """Each photo in several encodings, plus a very large and a tiny image."""
+def _image(encoded: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(encoded)).convert("RGB")
+
+
+def good(photos: list[bytes]) -> list[Sample]:
+    """Each photo (encoded JPEG bytes) in several encodings, plus a very large and a tiny image."""
     from PIL import Image
 
     samples = []
-    for path in photos:
-        image = Image.open(path).convert("RGB")
+    for photo in photos:
+        image = _image(photo)
         rgba = image.convert("RGBA")
         rgba.putalpha(Image.linear_gradient("L").resize(image.size))
         samples += [
-            Sample("jpeg", path.read_bytes()),
+            Sample("jpeg", photo),
             Sample("jpeg-progressive", _encode(image, "JPEG", progressive=True, quality=90)),
             Sample("jpeg-cmyk", _encode(image.convert("CMYK"), "JPEG")),
             Sample("jpeg-grayscale", _encode(image.convert("L"), "JPEG")),
@@ -56,7 +61,7 @@ def good(photos: list[Path]) -> list[Sample]:
             Sample("png-alpha", _encode(rgba, "PNG")),
             Sample("bmp", _encode(image, "BMP")),
         ]
-    first = Image.open(photos[0]).convert("RGB")
+    first = _image(photos[0])
     samples.append(Sample("jpeg-very-large", _encode(first.resize((4000, 3000)), "JPEG", quality=85)))
     samples.append(Sample("png-tiny", _encode(first.resize((2, 2)), "PNG")))
     return samples
@@ -84,23 +89,20 @@ def _bogus_huffman_table(jpeg: bytes) -> bytes:
     return jpeg[:at + 5] + b"\xff" * 16 + jpeg[at + 21:]
 
 
-def bad(photo: Path) -> list[Sample]:
-    """What a server must refuse: each kind once, made from `photo`."""
-    from PIL import Image
-
-    jpeg = photo.read_bytes()
-    png = _encode(Image.open(photo).convert("RGB"), "PNG")
+def bad(jpeg: bytes) -> list[Sample]:
+    """What a server must refuse: each kind once, made from the photo `jpeg`."""
+    png = _encode(_image(jpeg), "PNG")
     return [
         Sample("jpeg-truncated", jpeg[: len(jpeg) * 2 // 3]),
         Sample("png-truncated", png[: len(png) // 2]),
         Sample("empty", b""),
         Sample("random-bytes", random.Random(3).randbytes(4096)),
-        Sample("gif", _encode(Image.open(photo).convert("P"), "GIF")),
+        Sample("gif", _encode(_image(jpeg).convert("P"), "GIF")),
         Sample("png-bomb", _png_declaring(100_000, 100_000)),
         Sample("jpeg-bomb", _jpeg_declaring(jpeg, 65_000, 65_000)),
     ]
 
 
-def undecodable(photo: Path) -> Sample:
+def undecodable(jpeg: bytes) -> Sample:
     """A bad image that no check of its framing catches: only the decoder does."""
-    return Sample("jpeg-bogus-huffman-table", _bogus_huffman_table(photo.read_bytes()))
+    return Sample("jpeg-bogus-huffman-table", _bogus_huffman_table(jpeg))

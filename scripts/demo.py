@@ -71,7 +71,7 @@ def check_labels(labels: tuple[str, ...]) -> None:
     if unknown:
         raise ValueError(
             f"the demo model can only learn the shapes {sorted(SHAPES)}; the label file names {unknown}. "
-            "Bring your own model (--model) for other labels."
+            "For other labels, bring your own model: make adopt MODEL=... LABELS=... (README \"Bring your own model\")."
         )
 
 
@@ -118,6 +118,13 @@ def write_heldout(labels: tuple[str, ...], directory: Path, per_class: int = HEL
         path.write_bytes(jpeg)
         count += 1
     return count
+
+
+def heldout_samples(count: int) -> list[tuple[int, bytes]]:
+    """The first `count` held-out JPEGs (of the shapes in their order), rendered in memory: real images
+    for checks that do not depend on the labels."""
+    shapes = tuple(SHAPES)
+    return list(samples(shapes, -(-count // len(shapes)), HELDOUT_SEED))[:count]
 
 
 def heldout_images(directory: Path) -> list[tuple[str, Path]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from client import defaults
 from scripts import releases
+from scripts.build import model_choice
 from scripts.constants import ADMIN_KEY_MIN_LENGTH, DALI_SCRIPT, DEMO_MODEL, GPU, PYTHON_MODEL, TENSORRT_PLAN
 from scripts.layout import PROJECT, Layout
 
@@ -367,15 +368,19 @@ class Doctor:
         needed = [(bundle.classifier.model_name, TENSORRT_PLAN), (bundle.preprocess.model_name, DALI_SCRIPT),
                   *([(bundle.check.model_name, PYTHON_MODEL)] if bundle.check else [])]
         missing = [str(bundle.artifact(model, name)) for model, name in needed if not bundle.artifact(model, name).is_file()]
-        model = self.env.get("MODEL", DEMO_MODEL)
+        project = self.layout.repository.resolve().parent
+        choice = model_choice(self.layout, self.env.get("MODEL") or None)
+        model = Path(choice.model) if Path(choice.model).is_absolute() else project / choice.model
         if not missing:
             yield Check("artifacts", OK, "the engine and the pipeline are built")
-        elif model == DEMO_MODEL or (self.layout.repository.parent / model).is_file():
+        elif choice.model == DEMO_MODEL or (model.is_file() and model.resolve().is_relative_to(project)):
             yield Check("artifacts", OK, f"not built yet ({', '.join(missing)}): the compose builder builds them from "
-                        f"the {model} model")
+                        f"the {choice.model} model")
         else:
-            yield Check("artifacts", FAIL, f"MODEL={model} in {self.env_file}, but there is no such file in the project",
-                        "put the model file in the project and set MODEL to its path relative to it")
+            where = f"MODEL={self.env['MODEL']} in {self.env_file}" if self.env.get("MODEL") else "the adopted model"
+            yield Check("artifacts", FAIL, f"{where} is {choice.model}: not a file inside the project, which is all the "
+                        "builder container sees", "put the model file in the project and adopt it from there "
+                        "(make adopt MODEL=models/model.pth ...), or set MODEL in .env to its path relative to the project")
 
 
 def format_checks(checks: list[Check]) -> str:

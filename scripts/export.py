@@ -61,6 +61,28 @@ def export(module, spec: ClassifierSpec, path: Path) -> None:
         )
 
 
+def adopt_onnx(source: Path, spec: ClassifierSpec, target: Path) -> None:
+    """Copy a user's ONNX file with its one input and one output named as the classifier config says
+    (exporters name them "input", "output", "x.1", ...); the user's file is left as it is."""
+    import onnx
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    taken = {name for node in graph.node for name in (*node.input, *node.output)} | initializers
+    renames = {}
+    for tensors, name in ((inputs, spec.input_name), (list(graph.output), spec.output_name)):
+        if len(tensors) == 1 and tensors[0].name != name and name not in taken:
+            renames[tensors[0].name] = name
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        value.name = renames.get(value.name, value.name)
+    onnx.save(model, str(target))
+
+
 def _dims(value_info) -> list[int | str]:
     """Static dims as ints, symbolic ones by name ("?" when unnamed)."""
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]

@@ -237,7 +237,8 @@ def _fill_pools(target: Target, largest: bytes, concurrency: int) -> None:
 
 def run(target: Target, layout: Layout, seconds: float, concurrency: int, output: Path,
         progress: Callable[[str], None] = print) -> Result:
-    photos = [path for _, path in heldout_images(layout.heldout)][:20] or [p for p in layout.repository.rglob("*.jpg")]
+    photos = [path.read_bytes() for path in ([path for _, path in heldout_images(layout.heldout)][:20]
+                                             or list(layout.repository.rglob("*.jpg")))]
     if not photos:
         raise ValueError(f"no photos to make the images from: {layout.heldout} is empty (run `make build`)")
     good = [sample.data for sample in corpus.good(photos)]

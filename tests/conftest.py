@@ -8,7 +8,7 @@ import os
 import pytest
 
 from scripts.backends import ToolchainMissing
-from scripts.build import Builder
+from scripts.build import Builder, model_choice
 from scripts.config import load_bundle
 from scripts.constants import CPU, DEMO_MODEL, LOCAL
 from scripts.layout import Layout
@@ -29,7 +29,8 @@ def built():
     $MODEL (the compose `verify` service passes the deployed one) keeps a bring-your-own model's build.
     """
     layout = Layout()
-    Builder(layout, model=os.environ.get("MODEL", DEMO_MODEL), progress=lambda message: None).run()
+    choice = model_choice(layout, os.environ.get("MODEL") or None, tuple(filter(None, [os.environ.get("MODEL_CODE")])))
+    Builder(layout, model=choice.model, code=choice.code, progress=lambda message: None).run()
     return layout
 
 

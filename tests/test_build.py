@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from scripts import demo, export, intake
+from scripts import demo, export
 from scripts.build import Builder
 from scripts.config import load_bundle, read_config
 from scripts.constants import CONFIG_FILENAME, CPU, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL
@@ -48,12 +48,11 @@ def digest(path):
 
 @pytest.fixture(scope="module")
 def user_models(tmp_path_factory, bundle):
-    """One small model saved in each accepted format, and a state_dict (not accepted)."""
+    """One small model saved in each accepted format."""
     directory = tmp_path_factory.mktemp("user_models")
     module = tiny_classifier(len(bundle.classifier.labels))
     torch.jit.script(module).save(str(directory / "scripted.pt"))
     torch.save(module, directory / "pickled.pth")
-    torch.save(module.state_dict(), directory / "weights.pth")
     export.export(module, bundle.classifier, directory / "model.onnx")
     return directory, module
 
@@ -78,19 +77,6 @@ def test_bring_your_own_model(user_models, bundle, tmp_path, filename, kind):
     assert digest(REPOSITORY) == before, "the build must never write into the committed configs"
 
 
-def test_a_state_dict_is_refused_with_a_hint(user_models):
-    directory, _ = user_models
-    with pytest.raises(intake.IntakeError, match="state_dict"):
-        intake.load(directory / "weights.pth")
-
-
-def test_an_unknown_file_is_refused(tmp_path):
-    path = tmp_path / "model.bin"
-    path.write_bytes(b"\x00" * 64)
-    with pytest.raises(intake.IntakeError, match="not an ONNX file"):
-        intake.load(path)
-
-
 def test_onnx_with_other_tensor_names_is_refused(user_models, bundle, tmp_path):
     _, module = user_models
     path = tmp_path / "renamed.onnx"
@@ -102,8 +88,7 @@ def test_onnx_with_other_tensor_names_is_refused(user_models, bundle, tmp_path):
 def test_onnx_with_a_fixed_batch_is_refused(user_models, bundle, tmp_path):
     _, module = user_models
     path = tmp_path / "fixed.onnx"
-    torch.onnx.export(module, (torch.zeros(1, *bundle.classifier.input_dims),), str(path), dynamo=False,
-                      input_names=[bundle.classifier.input_name], output_names=[bundle.classifier.output_name])
+    fixed_batch_onnx(module, bundle, path)
     with pytest.raises(export.ExportError, match="fixed batch dimension 1"):
         export.check_signature(path, bundle.classifier)
 
@@ -203,10 +188,25 @@ def test_demo_training_is_deterministic(bundle):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_onnx_tensors_are_named_as_the_config_says_by_the_build(user_models, bundle, tmp_path):
+    _, module = user_models
+    renamed = tmp_path / "renamed.onnx"
+    export_with_other_names(module, bundle, renamed)
+    before = renamed.read_bytes()
+    _, builder = run_build(REPOSITORY, tmp_path / "build", renamed)
+    export.check_signature(builder.layout.onnx, bundle.classifier)
+    assert renamed.read_bytes() == before, "the user's file is left as it is"
+
+
+def fixed_batch_onnx(module, bundle, path):
+    torch.onnx.export(module, (torch.zeros(1, *bundle.classifier.input_dims),), str(path), dynamo=False,
+                      input_names=[bundle.classifier.input_name], output_names=[bundle.classifier.output_name])
+
+
 def test_a_rejected_model_never_replaces_the_last_good_one(user_models, bundle, tmp_path):
     directory, module = user_models
-    rejected = tmp_path / "renamed.onnx"
-    export_with_other_names(module, bundle, rejected)
+    rejected = tmp_path / "fixed.onnx"
+    fixed_batch_onnx(module, bundle, rejected)
     build_dir = tmp_path / "build"
     _, builder = run_build(REPOSITORY, build_dir, directory / "model.onnx")
     good = builder.layout.onnx.read_bytes()

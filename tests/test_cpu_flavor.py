@@ -117,7 +117,7 @@ def test_a_bad_image_fails_only_its_own_request_in_the_dali_backend(cpu_server, 
     and the error is UNKNOWN "Critical error in pipeline", not INVALID_ARGUMENT.
     """
     good = [(label, path.read_bytes()) for label, path in heldout[:24]]
-    truncated = corpus.undecodable(heldout[0][1]).data
+    truncated = corpus.undecodable(heldout[0][1].read_bytes()).data
     requests = [[data] for _, data in good] + [[truncated]] * 6
     before = statistics(cpu_server, bundle.preprocess.model_name)
     with ThreadPoolExecutor(max_workers=16) as pool:

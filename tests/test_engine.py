@@ -126,7 +126,7 @@ def test_the_fp16_model_keeps_fp32_tensors_and_passes_the_gate_in_onnx_runtime(b
     import onnx
     import onnxruntime as ort
 
-    from scripts.build import Builder
+    from scripts.build import ALL_HELDOUT, Builder
 
     spec = bundle.classifier
     typed = engine.typed_onnx_path(built.onnx, "fp16", tmp_path)
@@ -139,7 +139,7 @@ def test_the_fp16_model_keeps_fp32_tensors_and_passes_the_gate_in_onnx_runtime(b
     weights = [w for w in model.graph.initializer if w.data_type in (fp32, fp16)]
     assert weights and all(w.data_type == fp16 for w in weights)
 
-    images = Builder(built).verification_inputs(limit=None)
+    images = Builder(built).verification_inputs(rendered=ALL_HELDOUT)
     scores = {path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
               .run([spec.output_name], {spec.input_name: images})[0] for path in (built.onnx, typed)}
     gate = engine.accuracy_gate(scores[built.onnx], scores[typed], "fp16")
@@ -161,9 +161,9 @@ def test_the_network_is_strongly_typed_on_tensorrt_10_and_11():
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_gpu_engine_builds_passes_its_gate_and_is_skipped_when_fresh(built, bundle, tmp_path, precision):
-    from scripts.build import Builder
+    from scripts.build import ALL_HELDOUT, Builder
 
-    images = Builder(built).verification_inputs(limit=None)
+    images = Builder(built).verification_inputs(rendered=ALL_HELDOUT)
     plan = tmp_path / "model.plan"
     metadata = engine.build(built.onnx, plan, bundle.classifier, precision, tmp_path, images)
     assert metadata["accuracy_gate"]["passed"] and metadata["profile"]["max"] == bundle.classifier.max_batch_size

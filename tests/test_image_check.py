@@ -17,7 +17,7 @@ MAX_PIXELS = 50_000_000
 
 @pytest.fixture(scope="module")
 def photos(heldout):
-    return [path for _, path in heldout[:3]]
+    return [path.read_bytes() for _, path in heldout[:3]]
 
 
 def test_every_good_kind_passes_even_zero_padded(photos):
@@ -40,7 +40,7 @@ def webp(image: Image.Image, **options) -> bytes:
 
 
 def test_declared_sizes_are_the_ones_pillow_reads(photos):
-    image = Image.open(photos[0]).convert("RGB").resize((123, 77))
+    image = Image.open(io.BytesIO(photos[0])).convert("RGB").resize((123, 77))
     samples = [s.data for s in corpus.good(photos)]
     samples += [webp(image), webp(image, lossless=True), webp(image.convert("RGBA"), exact=True)]
     for data in samples:

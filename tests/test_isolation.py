@@ -84,7 +84,7 @@ def gathering_server(request, tmp_path):
 def test_images_the_check_refuses_fail_alone_in_a_batch_with_good_ones(gathering_server, heldout):
     flavor, server, bundle = gathering_server
     good = [(label, path.read_bytes()) for label, path in heldout[:12]]
-    bad = corpus.bad(heldout[0][1])
+    bad = corpus.bad(heldout[0][1].read_bytes())
     images = [data for _, data in good] + [sample.data for sample in bad]
     before = statistics(server, bundle.check.model_name)
     outcomes = send_together(server, bundle, images)
@@ -109,7 +109,7 @@ def test_an_image_only_the_decoder_refuses_fails_alone(gathering_server, heldout
     DALI step runs one request per execution (scripts/repository.py), so it never shares a batch."""
     flavor, server, bundle = gathering_server
     good = [(label, path.read_bytes()) for label, path in heldout[12:24]]
-    undecodable = corpus.undecodable(heldout[0][1])
+    undecodable = corpus.undecodable(heldout[0][1].read_bytes())
     images = [data for _, data in good] + [undecodable.data]
     before = statistics(server, bundle.preprocess.model_name)
     outcomes = send_together(server, bundle, images)
