@@ -35,6 +35,7 @@ build: install  ## build artifacts and the cpu/local repositories (the adopted m
 	$(PY) -m scripts build $(if $(MODEL),--model '$(MODEL)') $(if $(CODE),--code '$(CODE)')
 
 adopt: install  ## fit the configs to your model: MODEL=file [LABELS=file] [INPUT_SIZE=224] [CODE=dir] (shows the diff; ARGS=--yes writes)
+	@test -n '$(MODEL)' || { echo "usage: make adopt MODEL=model-file [LABELS=labels.txt] [INPUT_SIZE=224] [CODE=dir] [ARGS=--yes]" >&2; exit 2; }
 	$(PY) -m scripts adopt '$(MODEL)' $(if $(LABELS),--labels '$(LABELS)') $(if $(INPUT_SIZE),--input-size '$(INPUT_SIZE)') \
 		$(if $(CODE),--code '$(CODE)') $(ARGS)
 

@@ -21,6 +21,7 @@ from scripts import intake
 from scripts.build import ModelChoice, record_adopted
 from scripts.config import Bundle, ConfigError, ModelConfig, read_labels
 from scripts.config_text import InPlaceError, edit_in_place
+from scripts.constants import CONFIG_FILENAME
 from scripts.layout import Layout
 from scripts.validate import checked_bundle
 
@@ -155,8 +156,8 @@ class Plan:
         lines = []
         for path, (before, after) in self.changes.items():
             name = path.relative_to(project) if path.is_relative_to(project) else path
-            if path.suffix != ".pbtxt" and not labels_in_full:
-                lines.append(f"{name}: {before.count(chr(10))} labels -> {len(self.labels)} labels "
+            if path.name != CONFIG_FILENAME and not labels_in_full:
+                lines.append(f"{name}: {len(before.splitlines())} labels -> {len(self.labels)} labels "
                              f"({', '.join(self.labels[:4])}{', ...' if len(self.labels) > 4 else ''})\n")
                 continue
             lines += difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.loop import closed_loop
-from scripts import demo, export
+from scripts import adopt, demo, export
 from scripts.backends import BackendBuildError
 from scripts.build import Builder
 from scripts.config import load_bundle, read_config, write_config
@@ -37,6 +37,7 @@ from scripts.serve import LocalServer, local_server
 
 IMAGE_SIZE = (640, 480)
 RESNET_LABELS = 1000
+RESNET_SIZE = 224
 
 
 @dataclasses.dataclass
@@ -193,25 +194,22 @@ def resnet50(num_classes: int):
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes), nn.Softmax(dim=1)).eval()
 
 
-def resnet_repository(target: Path) -> Path:
-    """The committed repository with a 224x224 input and 1000 classes, edited through the protobuf schema."""
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(Layout().repository, target)
-    bundle = load_bundle(target)
-    bundle.label_path(bundle.classifier_config).write_text("".join(f"class_{i}\n" for i in range(RESNET_LABELS)))
-    for name, config in bundle.configs.items():
-        if name == bundle.preprocess.model_name:
-            config.output[0].dims[:] = [3, 224, 224]
-            config.parameters["resize_shorter"].string_value = "256"
-        if name == bundle.classifier.model_name:
-            config.input[0].dims[:] = [3, 224, 224]
-            for warmup in config.model_warmup:
-                for data in warmup.inputs.values():
-                    data.dims[:] = [3, 224, 224]
-        if name in (bundle.classifier.model_name, bundle.ensemble.name):
-            config.output[0].dims[:] = [RESNET_LABELS]
-        write_config(config, bundle.config_path(name), "bench variant: ResNet-50-sized classifier")
-    return target
+def resnet_layout(directory: Path, progress) -> tuple[Layout, Path]:
+    """The committed repository adopted to the ResNet-50-sized model (224x224, 1000 classes) the way a user
+    adopts theirs (`adopt`), and the model's ONNX file."""
+    repository = directory / "model_repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    shutil.copytree(Layout().repository, repository)
+    layout = Layout(repository, directory / "build")
+    onnx_file = directory / "resnet50_random.onnx"
+    if not onnx_file.exists():
+        progress("exporting the ResNet-50-sized model ...")
+        spec = dataclasses.replace(load_bundle(repository).classifier, input_dims=(3, RESNET_SIZE, RESNET_SIZE))
+        export.export(resnet50(RESNET_LABELS), spec, onnx_file)
+    labels = directory / "labels.txt"
+    labels.write_text("".join(f"class_{i}\n" for i in range(RESNET_LABELS)))
+    adopt.write(adopt.plan(layout, onnx_file, labels), layout)
+    return layout, onnx_file
 
 
 def prepare_models(models: list[str], progress) -> dict[str, Layout]:
@@ -219,12 +217,7 @@ def prepare_models(models: list[str], progress) -> dict[str, Layout]:
     Builder(layouts[DEMO_MODEL], progress=lambda m: None).run()
     if "resnet50" not in models:
         return layouts
-    resnet_dir = layouts[DEMO_MODEL].bench / "resnet50"
-    layout = Layout(resnet_repository(resnet_dir / "model_repository"), resnet_dir / "build")
-    onnx_file = resnet_dir / "resnet50_random.onnx"
-    if not onnx_file.exists():
-        progress("exporting the ResNet-50-sized model ...")
-        export.export(resnet50(RESNET_LABELS), load_bundle(layout.repository).classifier, onnx_file)
+    layout, onnx_file = resnet_layout(layouts[DEMO_MODEL].bench / "resnet50", progress)
     Builder(layout, model=str(onnx_file), progress=lambda m: None).run()
     layouts["resnet50"] = layout
     return layouts

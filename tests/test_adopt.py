@@ -26,6 +26,7 @@ from scripts.__main__ import main
 from scripts.build import VERIFY_MIN_IMAGES, Builder, model_choice
 from scripts.config import load_bundle, read_config
 from scripts.config_text import InPlaceError, edit_in_place
+from scripts.constants import CONFIG_FILENAME
 from scripts.layout import Layout
 from scripts.preprocess import reference
 from scripts.serve import local_server
@@ -236,7 +237,7 @@ def test_adopt_diff_keeps_every_comment_line(project, tmp_path):
     torch.jit.script(module).save(str(scripted))
     plan = adopt.plan(project, scripted, write_labels(tmp_path / "l.txt", 10, "x"), (96, 128), 150, [0.4, 0.4, 0.4],
                       [0.2, 0.2, 0.2])
-    configs = [path for path in plan.changes if path.suffix == ".pbtxt"]
+    configs = [path for path in plan.changes if path.name == CONFIG_FILENAME]
     assert len(configs) == 3
     for path in configs:
         before, after = plan.changes[path]
@@ -313,9 +314,9 @@ def test_a_fixed_batch_is_refused_with_the_fix(project, tmp_path):
     torch.onnx.export(small_cnn(6), (torch.zeros(1, 3, 64, 64),), str(fixed), dynamo=False, input_names=["input"])
     with pytest.raises(adopt.AdoptError, match=r"fixed batch dimension 1 .*dynamic_axes=\{\"input\": \{0: \"batch\"\}"):
         adopt.plan(project, fixed)
-    torch.jit.script(FixedBatch()).save(str(tmp_path / "fixed.pt"))
+    torch.save(FixedBatch(), tmp_path / "fixed.pth")
     with pytest.raises(adopt.AdoptError, match=r"not on a batch of 2: its batch dimension is fixed to 1.*flatten\(1\)"):
-        adopt.plan(project, tmp_path / "fixed.pt", size=(64, 64))
+        adopt.plan(project, tmp_path / "fixed.pth", size=(64, 64))
 
 
 # -- intake errors: what the file is, and what to do ------------------------------------------------

@@ -9,7 +9,8 @@ from scripts.validate import validate
 
 
 def test_resnet_variant_is_a_valid_224_pixel_1000_class_bundle(tmp_path):
-    repo = bench.resnet_repository(tmp_path / "model_repository")
+    layout, _ = bench.resnet_layout(tmp_path, progress=lambda m: None)
+    repo = layout.repository
     bundle = load_bundle(repo)
     assert bundle.classifier.input_dims == (3, 224, 224) and len(bundle.classifier.labels) == 1000
     assert bundle.preprocess.resize_shorter == 256
