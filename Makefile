@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 MODEL ?=
 CODE ?=
 FLAVOR ?= local
-EXTRAS ?= build,dali,local,backends,client,loadtest,bench,test
+EXTRAS ?= build,dali,local,backends,client,loadtest,bench,monitor,test
 comma := ,
 INSTALLED := $(VENV)/.installed-$(subst $(comma),+,$(EXTRAS))
 
@@ -15,7 +15,7 @@ REPO ?= model_repository
 # machines): their shared snapshots, beside the checkout or at /work/shared. None there: the build clones.
 export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends /work/shared/vendor/triton-backends))
 
-.PHONY: help install adopt build backends serve apply doctor validate loadtest loadtest-ceiling soak bench lint test test-gpu verify compose-config clean
+.PHONY: help install adopt build monitor backends serve apply doctor validate loadtest loadtest-ceiling soak bench lint test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ loadtest: build  ## a short headless Locust run against the local server (starte
 loadtest-ceiling: build  ## how many req/s one Locust worker drives vs a plain tritonclient loop (identity model)
 	$(PY) -m loadtest.ceiling
 
+monitor: install  ## Prometheus here (apt-get install prometheus), scraping the local server of `make serve` with the bundle's rules
+	$(PY) -m scripts monitor $(ARGS)
+
 soak: build $(if $(filter cpu,$(FLAVOR)),backends)  ## SOAK_SECONDS (default 600) of mixed good and bad traffic and one crash; FLAVOR=local|cpu (build/soak/)
 	$(PY) -m scripts soak --flavor $(FLAVOR) $(ARGS)
 
@@ -80,7 +83,7 @@ verify: $(HOST_TOOLS)  ## after `docker compose up` (or `make serve FLAVOR=...`)
 	$(PY) -m scripts verify $(if $(filter command line,$(origin FLAVOR)),--flavor $(FLAVOR)) $(ARGS)
 
 compose-config:  ## validate docker-compose.yml for every profile, offline
-	for p in gpu cpu gpu,verify gpu,loadtest gpu,apply; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
+	for p in gpu cpu gpu,verify gpu,loadtest gpu,apply gpu,monitoring cpu,monitoring; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
 
 clean:  ## remove build outputs (not the venv, nor the record of the adopted model)
 	find build -mindepth 1 -maxdepth 1 ! -name adopted.json -exec rm -rf {} + 2>/dev/null || true

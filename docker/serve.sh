@@ -62,4 +62,5 @@ exec tritonserver \
   --allow-sagemaker=false \
   --allow-vertex-ai=false \
   --trace-config=level=OFF \
+  --metrics-config=summary_latencies=true \
   "$@"

@@ -1,4 +1,4 @@
-"""Command line: `python -m scripts adopt|build|serve|validate|diff|apply|doctor|verify|soak|engine|gpu-files --help`.
+"""Command line: `python -m scripts adopt|build|serve|validate|diff|apply|doctor|verify|monitor|soak|engine|gpu-files --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -213,6 +213,17 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--no-doctor", action="store_true", help="leave the doctor's row out (a host other than the server's)")
     verify.add_argument("--json", action="store_true", help="print [{item, status, value}] as JSON")
 
+    monitor = commands.add_parser(
+        "monitor", help="run Prometheus here, scraping the local server with the bundle's rules, until Ctrl-C",
+        description="Start Prometheus (Debian: apt-get install prometheus) with monitoring/prometheus.yml pointed at the "
+                    f"local server's metrics port (${defaults.PORT_ENV['metrics']}) and listening on 127.0.0.1 "
+                    "($PROMETHEUS_PORT, default 9090); print its URL and the recording rules' current values. "
+                    "Exit codes: 0 stopped with Ctrl-C, 1 Prometheus failed, 2 Prometheus not installed.")
+    _add_layout_options(monitor)
+    monitor.add_argument("--target", default=None,
+                         help="host:port of Triton's metrics (default: the one `make serve` uses, from the same environment)")
+    monitor.add_argument("--once", action="store_true", help="print the figures once Prometheus has scraped, then stop")
+
     soak = commands.add_parser("soak", help="mixed good and bad traffic for a long time, one crash: does the server hold up?",
                                description="Good traffic over gRPC and HTTP through the project's client, about 1%% bad "
                                            "images sent raw, the server's memory, file descriptors and threads sampled, "
@@ -377,6 +388,39 @@ def _verify(args: argparse.Namespace) -> int:
                          seconds=verify.SECONDS if args.seconds is None else args.seconds,
                          progress=lambda message: print(message, file=progress, flush=True))
     return _report_rows(rows, args.json, verify.format_rows, verify.FAIL)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    import time
+
+    from scripts import monitor
+
+    try:
+        endpoint = defaults.Endpoint.from_env()
+        port = defaults.parse_port(monitor.PORT_ENV, os.environ.get(monitor.PORT_ENV) or str(monitor.DEFAULT_PORT))
+        prometheus = monitor.LocalPrometheus(_layout(args).monitor, args.target or f"{endpoint.host}:{endpoint.metrics}", port)
+        prometheus.start()
+    except monitor.PrometheusMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (defaults.EnvironmentValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"prometheus: {prometheus.url} (scraping {prometheus.triton_target}; data in {prometheus.directory})")
+    print(f"  alerts:  {prometheus.url}/alerts    rules: {prometheus.url}/rules    targets: {prometheus.url}/targets")
+    try:
+        while True:
+            time.sleep(30)  # two scrapes at the config's 15 s: enough for a rate
+            rates = prometheus.values("model:nv_inference_request_success:rate5m")
+            up = prometheus.targets_up().get(monitor.TRITON_JOB)
+            print(f"triton {'up' if up else 'DOWN'}; requests/s: "
+                  + (", ".join(f"{model} {rate:.2f}" for model, rate in sorted(rates.items())) or "none yet"), flush=True)
+            if args.once:
+                return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        prometheus.stop()
 
 
 def _soak(args: argparse.Namespace) -> int:
@@ -571,7 +615,8 @@ Ctrl-C stops the server.""", flush=True)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"adopt": _adopt, "build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply,
-                "doctor": _doctor, "verify": _verify, "soak": _soak, "engine": _engine, "gpu-files": _gpu_files}
+                "doctor": _doctor, "verify": _verify, "monitor": _monitor, "soak": _soak, "engine": _engine,
+                "gpu-files": _gpu_files}
     return commands[args.command](args)
 
 

@@ -13,6 +13,7 @@ from scripts.constants import COMMITTED_FLAVOR, ONNX_MODEL
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = PROJECT / "docker-compose.yml"  # the GPU box's stack
+MONITORING = PROJECT / "monitoring"  # Prometheus config and rules, their tests, Grafana's provisioning and dashboards
 SECRETS = PROJECT / "secrets"  # git-ignored but for its README files: the admin key, gRPC's TLS files
 
 
@@ -74,6 +75,11 @@ class Layout:
     @property
     def soak(self) -> Path:
         return self.build_dir / "soak"
+
+    @property
+    def monitor(self) -> Path:
+        """`make monitor`'s Prometheus: its generated config and its data."""
+        return self.build_dir / "monitor"
 
     def flavor(self, name: str) -> Path:
         """The model repository of flavor `name`: the committed one for gpu, a generated one otherwise."""

@@ -44,6 +44,9 @@ from scripts.layout import Layout
 from scripts.tritonserver import ServerError
 
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace", "statistics")
+# Latency percentiles in /metrics (nv_*_summary_us{quantile=...}), read by monitoring/'s recording rules;
+# docker/serve.sh passes the same option.
+SUMMARY_METRICS = ("--metrics-config=summary_latencies=true",)
 PYTHON_BACKEND = "python"  # shipped with the server: prepare_backends puts it in place
 
 
@@ -223,6 +226,7 @@ class LocalServer:
             f"--grpc-port={self.endpoint.grpc}",
             f"--metrics-address={self.endpoint.address}",
             f"--metrics-port={self.endpoint.metrics}",
+            *SUMMARY_METRICS,
             f"--http-restricted-api={restriction}",
             f"--grpc-restricted-protocol={restriction}",
             f"--model-control-mode={self.model_control}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from client.defaults import ADMIN_HEADER, ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, DEFAULT_MODEL
 from scripts.constants import ADMIN_KEY_MIN_LENGTH, LOCAL, TLS_CA, TLS_CERT, TLS_DIR_ENV, TLS_KEY
@@ -22,7 +24,9 @@ from scripts.layout import COMPOSE_FILE, PROJECT
 from scripts.serve import RESTRICTED_APIS
 
 PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"},
-            "gpu,loadtest": {"builder", "triton", "locust-master", "locust-worker"}, "gpu,apply": {"builder", "triton", "apply"}}
+            "gpu,loadtest": {"builder", "triton", "locust-master", "locust-worker"}, "gpu,apply": {"builder", "triton", "apply"},
+            "gpu,monitoring": {"builder", "triton", "prometheus", "grafana"},
+            "cpu,monitoring": {"builder-cpu", "triton-cpu", "prometheus", "grafana"}}
 
 
 def compose_binary() -> str:
@@ -328,3 +332,28 @@ def test_entrypoint_turns_grpc_tls_on_from_the_files_of_the_tls_folder(tmp_path)
     services = rendered("gpu")["services"]
     assert any(volume["target"] == "/opt/bundle/tls" and volume["source"].endswith("secrets/tls")
                for volume in services["triton"]["volumes"])
+
+
+def test_monitoring_profile_is_pinned_local_and_read_only():
+    services = rendered("gpu,monitoring")["services"]
+    env = dotenv()
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["image"] == f"prom/prometheus:{env['PROMETHEUS_VERSION']}"
+    assert grafana["image"] == f"grafana/grafana:{env['GRAFANA_VERSION']}"
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", env["PROMETHEUS_VERSION"]) and re.fullmatch(r"\d+\.\d+\.\d+", env["GRAFANA_VERSION"])
+    for service in (prometheus, grafana):
+        assert {p["host_ip"] for p in service["ports"]} == {"127.0.0.1"}
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+        config_mounts = [v for v in service["volumes"] if v["type"] == "bind"]
+        assert config_mounts and all(v["read_only"] for v in config_mounts), "configuration is mounted read-only"
+        assert all(Path(v["source"]).is_relative_to(PROJECT / "monitoring") for v in config_mounts)
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert [s["source"] for s in grafana["secrets"]] == ["grafana_admin_password"]
+    assert "PASSWORD=" not in json.dumps(grafana["environment"]).upper()
+    # Prometheus reaches either server by one name: monitoring/prometheus.yml's target.
+    cpu = rendered("cpu,monitoring")["services"]["triton-cpu"]
+    assert "triton" in cpu["networks"]["default"]["aliases"]
+    config = yaml.safe_load((PROJECT / "monitoring" / "prometheus.yml").read_text())
+    triton_job = next(job for job in config["scrape_configs"] if job["job_name"] == "triton")
+    assert triton_job["static_configs"][0]["targets"] == ["triton:8002"]
