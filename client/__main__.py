@@ -1,6 +1,7 @@
 """python -m client: classify images with the served ensemble, check health, list models.
 
-  python -m client classify FILE... [--url HOST:PORT] [--protocol grpc|http] [--top-k K] [--json] [--concurrency N]
+  python -m client classify FILE... [--url HOST:PORT[,HOST:PORT...]] [--protocol grpc|http] [--top-k K] [--json]
+                                    [--concurrency N]
   python -m client health [--json]
   python -m client models [--json]          (an admin API: --admin-key or $TRITON_ADMIN_KEY)
 
@@ -28,7 +29,10 @@ PROGRESS_FROM = 20  # files; fewer finish before a progress bar would help
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help=f"server host:port (default: ${defaults.ADDRESS_ENV} or {defaults.DEFAULT_ADDRESS}, port "
+    common.add_argument("--url", help="server host:port; several, comma-separated, spread the requests and fail over "
+                                      "(host1:8001,host2:8001); gRPC also takes dns:///name:port, balanced over every "
+                                      f"address of the name (default: ${defaults.ADDRESS_ENV} or "
+                                      f"{defaults.DEFAULT_ADDRESS}, port "
                                         f"${defaults.PORT_ENV['grpc']} or {defaults.DEFAULT_PORTS['grpc']} for grpc, "
                                         f"${defaults.PORT_ENV['http']} or {defaults.DEFAULT_PORTS['http']} for http)")
     common.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default: %(default)s")

@@ -21,6 +21,7 @@ import numpy as np
 
 from client import defaults
 from client.defaults import DEFAULT_MODEL, PROTOCOLS
+from client.endpoints import DNS_SCHEME, EndpointPool, parse_urls
 from client.errors import ClientError, InferenceError, InvalidImage, ModelNotReady, ServerUnavailable
 from client.image_formats import UNDECODABLE
 from client.images import ImageInput, Limits, PreparedImage, prepare
@@ -139,8 +140,11 @@ class Tls:
         return context
 
 
-def client_kwargs(protocol: str, aio: bool, timeout: float, tls: Tls | None) -> dict:
+def client_kwargs(protocol: str, aio: bool, timeout: float, tls: Tls | None, url: str = "") -> dict:
     kwargs: dict = {}
+    if protocol == "grpc" and url.startswith(DNS_SCHEME):
+        # Every address behind the name, each request to the next (gRPC's default would pin one).
+        kwargs["channel_args"] = [("grpc.lb_policy_name", "round_robin")]
     if protocol == "http":
         kwargs.update({"conn_timeout": timeout} if aio else {"connection_timeout": timeout, "network_timeout": timeout})
     if tls is not None:
@@ -274,13 +278,16 @@ def index_entries(index) -> list[dict]:
 class _Base:
     """Settings shared by both clients."""
 
-    def __init__(self, url: str | None, protocol: str, model: str, timeout: float, retries: int, headers: dict | None,
-                 tls: Tls | None, limits: Limits, images_per_request: int, concurrency: int, admin_key: str | None, aio: bool):
+    def __init__(self, url: str | Sequence[str] | None, protocol: str, model: str, timeout: float, retries: int,
+                 headers: dict | None, tls: Tls | None, limits: Limits, images_per_request: int, concurrency: int,
+                 admin_key: str | None, aio: bool):
         if images_per_request < 1 or concurrency < 1 or timeout <= 0:
             raise ValueError("images_per_request and concurrency must be >= 1, timeout > 0")
         self.protocol = protocol
         self._triton = triton_module(protocol, aio)
-        self.url = url or defaults.url(protocol)
+        self.urls = parse_urls(url or defaults.url(protocol))
+        self.url = ",".join(self.urls)
+        self.endpoints = EndpointPool(self.urls)
         self.model = model
         self.timeout = timeout
         self.retry = RetryPolicy(retries=retries)
@@ -294,9 +301,17 @@ class _Base:
         self._names: tuple[str, str] | None = None
         self._max_batch: list[int | None] = []  # filled once: [max_batch_size or None]
 
-    def _new_triton_client(self):
+    def _new_triton_client(self, url: str):
         aio = self._triton.__name__.endswith(".aio")
-        return self._triton.InferenceServerClient(self.url, **client_kwargs(self.protocol, aio, self.timeout, self.tls))
+        return self._triton.InferenceServerClient(url, **client_kwargs(self.protocol, aio, self.timeout, self.tls, url))
+
+    def _failover(self, error: ClientError, url: str, failed_on: list[str], deadline: float) -> bool:
+        """After `error` on `url`: set the server aside if it is unreachable; whether another takes the request now."""
+        if not isinstance(error, ServerUnavailable):
+            return False
+        self.endpoints.failed(url)
+        failed_on.append(url)
+        return self.endpoints.others_ready(url, failed_on) and time.monotonic() < deadline
 
     def _timeout_kwargs(self) -> dict:
         return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
@@ -322,8 +337,8 @@ class _Base:
     def _groups(self, prepared: list[PreparedImage | ImageResult], max_batch_size: int | None) -> list[list[PreparedImage]]:
         return groups_of([p for p in prepared if isinstance(p, PreparedImage)], self._per_request(max_batch_size))
 
-    def _error(self, exc: BaseException, source: str | None = None) -> ClientError:
-        return to_client_error(exc, self.url, self.timeout, source)
+    def _error(self, exc: BaseException, url: str, source: str | None = None) -> ClientError:
+        return to_client_error(exc, url, self.timeout, source)
 
 
 class ImageClassifierClient(_Base):
@@ -334,9 +349,9 @@ class ImageClassifierClient(_Base):
     lets the server batch requests itself and keeps every image's errors its own.
     """
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = DEFAULT_MODEL, timeout: float = 30.0,
-                 retries: int = 3, headers: dict | None = None, tls: Tls | None = None, limits: Limits = Limits(),
-                 images_per_request: int = 1, concurrency: int = 4, admin_key: str | None = None):
+    def __init__(self, url: str | Sequence[str] | None = None, protocol: str = "grpc", model: str = DEFAULT_MODEL,
+                 timeout: float = 30.0, retries: int = 3, headers: dict | None = None, tls: Tls | None = None,
+                 limits: Limits = Limits(), images_per_request: int = 1, concurrency: int = 4, admin_key: str | None = None):
         super().__init__(url, protocol, model, timeout, retries, headers, tls, limits, images_per_request, concurrency,
                          admin_key, aio=False)
         self._local = threading.local()
@@ -351,29 +366,45 @@ class ImageClassifierClient(_Base):
     def _adopt_thread(self) -> None:
         self._local.owned = True
 
-    def _client(self):
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self._new_triton_client()
-            with self._lock:
-                self._clients.append(client)
+    def _client(self, url: str):
+        """This thread's client for `url`; a new one after the server failed (its old connection is dead)."""
+        clients = self._local.__dict__.setdefault("clients", {})
+        generation = self.endpoints.generation(url)
+        known = clients.get(url)
+        if known is not None and known[0] == generation:
+            return known[1]
+        client = self._new_triton_client(url)
+        clients[url] = (generation, client)
+        with self._lock:
+            if known is not None:
+                self._clients.remove(known[1])
+                known[1].close()
+            self._clients.append(client)
         return client
 
     def _call(self, function: Callable, source: str | None = None):
-        """`function(client)` with retries for transient failures, within the timeout."""
+        """`function(client)` on the next server, on another at once if it is unreachable, with retries for
+        transient failures within the timeout."""
         if not getattr(self._local, "owned", False):
             return self._pool.submit(self._call, function, source).result()
-        deadline, attempt = time.monotonic() + self.timeout, 0
+        deadline, attempt, failed_on = time.monotonic() + self.timeout, 0, []
         while True:
+            url = self.endpoints.pick(avoid=failed_on)
             try:
-                return function(self._client())
+                result = function(self._client(url))
             except Exception as exc:
-                error = self._error(exc, source)
+                error = self._error(exc, url, source)
+                if self._failover(error, url, failed_on, deadline):
+                    continue
                 delay = self.retry.delay(error, attempt, deadline)
                 if delay is None:
                     raise error from exc
                 time.sleep(delay)
                 attempt += 1
+                failed_on.clear()
+            else:
+                self.endpoints.succeeded(url)
+                return result
 
     def health(self) -> Health:
         live = self._call(lambda c: c.is_server_live(headers=self.headers))
@@ -452,30 +483,47 @@ class ImageClassifierClient(_Base):
 class AsyncImageClassifierClient(_Base):
     """The asyncio twin of ImageClassifierClient (tritonclient's grpc.aio / http.aio); `async with` it."""
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = DEFAULT_MODEL, timeout: float = 30.0,
-                 retries: int = 3, headers: dict | None = None, tls: Tls | None = None, limits: Limits = Limits(),
-                 images_per_request: int = 1, concurrency: int = 4, admin_key: str | None = None):
+    def __init__(self, url: str | Sequence[str] | None = None, protocol: str = "grpc", model: str = DEFAULT_MODEL,
+                 timeout: float = 30.0, retries: int = 3, headers: dict | None = None, tls: Tls | None = None,
+                 limits: Limits = Limits(), images_per_request: int = 1, concurrency: int = 4, admin_key: str | None = None):
         super().__init__(url, protocol, model, timeout, retries, headers, tls, limits, images_per_request, concurrency,
                          admin_key, aio=True)
-        self._client = None
+        self._clients: dict[str, tuple[int, object]] = {}  # url -> (the server's failure generation, client)
+        self._stale: list = []  # clients of servers that failed since: closed at the next await
 
-    def _connection(self):
-        if self._client is None:
-            self._client = self._new_triton_client()
-        return self._client
+    def _connection(self, url: str):
+        generation = self.endpoints.generation(url)
+        known = self._clients.get(url)
+        if known is not None and known[0] == generation:
+            return known[1]
+        if known is not None:
+            self._stale.append(known[1])
+        client = self._new_triton_client(url)
+        self._clients[url] = (generation, client)
+        return client
 
     async def _call(self, function: Callable, source: str | None = None):
-        deadline, attempt = time.monotonic() + self.timeout, 0
+        deadline, attempt, failed_on = time.monotonic() + self.timeout, 0, []
         while True:
+            url = self.endpoints.pick(avoid=failed_on)
             try:
-                return await asyncio.wait_for(function(self._connection()), self.timeout)
+                result = await asyncio.wait_for(function(self._connection(url)), self.timeout)
             except Exception as exc:
-                error = self._error(exc, source)
+                error = self._error(exc, url, source)
+                if self._failover(error, url, failed_on, deadline):
+                    continue
                 delay = self.retry.delay(error, attempt, deadline)
                 if delay is None:
                     raise error from exc
                 await asyncio.sleep(delay)
                 attempt += 1
+                failed_on.clear()
+            else:
+                self.endpoints.succeeded(url)
+                return result
+            finally:
+                while self._stale:
+                    await self._stale.pop().close()
 
     async def health(self) -> Health:
         live = await self._call(lambda c: c.is_server_live(headers=self.headers))
@@ -539,9 +587,11 @@ class AsyncImageClassifierClient(_Base):
         return (await self.classify([image], top_k))[0].raise_for_error()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for _, client in self._clients.values():
+            await client.close()
+        while self._stale:
+            await self._stale.pop().close()
+        self._clients.clear()
 
     async def __aenter__(self) -> AsyncImageClassifierClient:
         return self
