@@ -114,3 +114,22 @@ def test_the_pool_ejects_with_a_growing_backoff_and_brings_a_server_back():
     assert pool.ejected() == [] and not pool.others_ready("a:1", avoid=["b:2"])
     with pytest.raises(ValueError, match="no server address"):
         parse_urls(" , ")
+
+
+def test_the_async_client_fails_over_from_a_server_that_is_not_there(server, heldout):
+    import asyncio
+
+    from client import AsyncImageClassifierClient
+    from scripts.serve import free_ports
+
+    nowhere = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    images = [path.read_bytes() for _, path in heldout][:20]
+
+    async def run():
+        async with AsyncImageClassifierClient([nowhere, server.grpc_url], concurrency=4) as client:
+            results = await client.classify(images, top_k=1)
+            return results, client.endpoints.ejected()
+
+    results, ejected = asyncio.run(run())
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    assert ejected == [nowhere]
