@@ -4,7 +4,7 @@
 # the server's own DALI serializes when it loads the model. The DALI installed here (the project's
 # release, built for CUDA 13) serializes the local flavor's CPU pipeline and runs the GPU tests.
 ARG NGC_RELEASE
-FROM nvcr.io/nvidia/tensorrt:${NGC_RELEASE}-py3
+FROM nvcr.io/nvidia/tensorrt:${NGC_RELEASE}-py3 AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp
 
@@ -24,3 +24,9 @@ RUN pip install --no-cache-dir "/src[build,dali-cuda13,loadtest,test]" \
 
 WORKDIR /workspace
 ENV PYTHONPATH=/workspace
+
+# The builder with the project inside, for the Kubernetes build Job (helm/, docs/kubernetes.md), which has
+# no project to bind-mount: docker build -f docker/builder.Dockerfile --target bundle --build-arg NGC_RELEASE=...
+FROM builder AS bundle
+COPY --chown=1000:1000 . /workspace
+USER 1000:1000

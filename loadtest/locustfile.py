@@ -22,6 +22,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from client import defaults
 from client.api import build_request, tensor_names, triton_module
 from client.defaults import DEFAULT_MODEL
+from client.endpoints import parse_urls
 from client.image_formats import SUFFIXES as IMAGE_SUFFIXES
 from client.images import PreparedImage, prepare
 from loadtest import report
@@ -32,6 +33,7 @@ from scripts.layout import Layout
 grpc.experimental.gevent.init_gevent()
 
 CORPUS: list[PreparedImage] = []
+USER_NUMBERS = itertools.count()  # which server a new user keeps to, with several
 RUN: dict = {}  # what the master (or the local runner) collects over the run
 
 
@@ -59,8 +61,10 @@ def add_options(parser):
     group.add_argument("--images-dir", default=str(Layout().heldout),
                        help="folder of images to send, searched recursively (default: the demo's held-out images)")
     served = defaults.Endpoint.from_env()  # the server `make serve` starts
-    group.add_argument("--triton-grpc", default=served.grpc_url, help="gRPC address (default: %(default)s)")
-    group.add_argument("--triton-http", default=served.http_url, help="HTTP address (default: %(default)s)")
+    group.add_argument("--triton-grpc", default=served.grpc_url,
+                       help="gRPC address; several, comma-separated, share the users out (default: %(default)s)")
+    group.add_argument("--triton-http", default=served.http_url,
+                       help="HTTP address; several, comma-separated, share the users out (default: %(default)s)")
     group.add_argument("--metrics-url", default=served.metrics_url,
                        help="Triton's Prometheus endpoint, scraped at the start and the end (empty: skip; default: %(default)s)")
     group.add_argument("--load-shape", choices=SHAPES, default="steady", help="steady, step or spike (default: %(default)s)")
@@ -97,7 +101,10 @@ class TritonUser(User):
     def on_start(self):
         options = self.environment.parsed_options
         self.triton = triton_module(self.protocol, aio=False)
-        self.url = options.triton_grpc if self.protocol == "grpc" else options.triton_http
+        # Several servers: each user keeps to one, in turn, so the load is spread and every failure is the
+        # server's own (a load test measures servers; it does not fail over like the client does).
+        urls = parse_urls(options.triton_grpc if self.protocol == "grpc" else options.triton_http)
+        self.url = urls[next(USER_NUMBERS) % len(urls)]
         self.client = self.triton.InferenceServerClient(self.url)
         self.names = tensor_names(self.client.get_model_metadata(options.model))
         # Users start at different places in the corpus, so concurrent requests carry different images.

@@ -1,4 +1,5 @@
-"""Command line: `python -m scripts adopt|build|serve|validate|diff|apply|doctor|verify|monitor|soak|engine|gpu-files --help`.
+"""Command line: `python -m scripts adopt|build|serve|validate|diff|apply|doctor|verify|k8s-check|monitor|soak|engine|gpu-files
+--help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -213,6 +214,13 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--no-doctor", action="store_true", help="leave the doctor's row out (a host other than the server's)")
     verify.add_argument("--json", action="store_true", help="print [{item, status, value}] as JSON")
 
+    k8s = commands.add_parser("k8s-check", help="check the Helm chart offline (lint, render, schemas)",
+                              description="Render helm/triton-bundle with its defaults and each ci/ values file into "
+                                          "<build-dir>/k8s, run helm lint, validate every core object in strict mode "
+                                          "against recent Kubernetes releases' schemas and the custom resources against "
+                                          "their CRDs'. Exit codes: 0 valid, 1 not.")
+    _add_layout_options(k8s)
+
     monitor = commands.add_parser(
         "monitor", help="run Prometheus here, scraping the local server with the bundle's rules, until Ctrl-C",
         description="Start Prometheus (Debian: apt-get install prometheus) with monitoring/prometheus.yml pointed at the "
@@ -388,6 +396,17 @@ def _verify(args: argparse.Namespace) -> int:
                          seconds=verify.SECONDS if args.seconds is None else args.seconds,
                          progress=lambda message: print(message, file=progress, flush=True))
     return _report_rows(rows, args.json, verify.format_rows, verify.FAIL)
+
+
+def _k8s_check(args: argparse.Namespace) -> int:
+    from scripts import k8s
+
+    try:
+        k8s.check(_layout(args).build_dir / "k8s")
+    except k8s.CheckFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _monitor(args: argparse.Namespace) -> int:
@@ -615,8 +634,8 @@ Ctrl-C stops the server.""", flush=True)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"adopt": _adopt, "build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply,
-                "doctor": _doctor, "verify": _verify, "monitor": _monitor, "soak": _soak, "engine": _engine,
-                "gpu-files": _gpu_files}
+                "doctor": _doctor, "verify": _verify, "k8s-check": _k8s_check, "monitor": _monitor, "soak": _soak,
+                "engine": _engine, "gpu-files": _gpu_files}
     return commands[args.command](args)
 
 

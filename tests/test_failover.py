@@ -133,3 +133,16 @@ def test_the_async_client_fails_over_from_a_server_that_is_not_there(server, hel
     results, ejected = asyncio.run(run())
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
     assert ejected == [nowhere]
+
+
+def test_locust_users_share_the_servers_out(two_servers, tmp_path):
+    from scripts.layout import PROJECT
+
+    first, second = two_servers
+    command = [sys.executable, "-m", "locust", "--config", str(PROJECT / "loadtest" / "locust.conf"), "--run-time", "5s",
+               "-u", "4", "-r", "4", "--csv", str(tmp_path / "run"), "--metrics-url", "", "GrpcUser",
+               "--triton-grpc", f"{first.grpc_url},{second.grpc_url}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT, timeout=60)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    print(f"first {served(first)}, second {served(second)} requests")
+    assert served(first) > 10 and served(second) > 10, "each server got its share of the users"
