@@ -146,3 +146,12 @@ def test_locust_users_share_the_servers_out(two_servers, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     print(f"first {served(first)}, second {served(second)} requests")
     assert served(first) > 10 and served(second) > 10, "each server got its share of the users"
+
+
+def test_a_dns_target_is_resolved_and_balanced_by_grpc(server, heldout):
+    """dns:///name:port, the headless Service's form: gRPC resolves the name itself (here one address)."""
+    port = server.grpc_url.rsplit(":", 1)[1]
+    images = [path.read_bytes() for _, path in heldout][:8]
+    with ImageClassifierClient(f"dns:///localhost:{port}") as client:
+        assert all(r.ok for r in client.classify(images, top_k=1))
+        assert client.urls == (f"dns:///localhost:{port}",)

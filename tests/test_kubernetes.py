@@ -96,12 +96,12 @@ def test_the_gpu_type_pins_the_build_and_the_servers(rendered):
     assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
 
 
-def test_grpc_is_headless_and_http_is_clusterip(rendered):
+def test_grpc_is_also_headless(rendered):
     services = {o["metadata"]["name"]: o["spec"] for o in rendered["default"].objects if o["kind"] == "Service"}
     assert services["bundle-triton-grpc"]["clusterIP"] == "None"
     assert [p["name"] for p in services["bundle-triton-grpc"]["ports"]] == ["grpc"]
     assert services["bundle-triton"]["type"] == "ClusterIP"
-    assert [p["name"] for p in services["bundle-triton"]["ports"]] == ["http", "metrics"]
+    assert [p["name"] for p in services["bundle-triton"]["ports"]] == ["http", "grpc", "metrics"]
 
 
 def test_autoscaling_reads_the_recording_rule_of_monitoring(rendered):
