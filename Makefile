@@ -15,7 +15,7 @@ REPO ?= model_repository
 # machines): their shared snapshots, beside the checkout or at /work/shared. None there: the build clones.
 export TRITON_BACKEND_SOURCES ?= $(firstword $(wildcard $(CURDIR)/../shared/vendor/triton-backends /work/shared/vendor/triton-backends))
 
-.PHONY: help install adopt build k8s-check monitor backends serve apply doctor validate loadtest loadtest-ceiling soak bench lint test test-gpu verify compose-config clean
+.PHONY: help install adopt build k8s-check monitor tune backends serve apply doctor validate loadtest loadtest-ceiling soak bench lint test test-gpu verify compose-config clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ loadtest-ceiling: build  ## how many req/s one Locust worker drives vs a plain t
 
 k8s-check: install  ## the Helm chart offline: helm lint, rendered (defaults and helm/triton-bundle/ci/*.yaml) into build/k8s, schema-validated
 	$(PY) -m scripts k8s-check
+
+tune: build  ## search the serving knobs on a live local server; build/tune/ gets points.csv, tune.png, recommended.diff (ARGS=--write applies it)
+	$(PY) -m scripts tune $(ARGS)
 
 monitor: install  ## Prometheus here (apt-get install prometheus), scraping the local server of `make serve` with the bundle's rules
 	$(PY) -m scripts monitor $(ARGS)

@@ -1,5 +1,5 @@
-"""Command line: `python -m scripts adopt|build|serve|validate|diff|apply|doctor|verify|k8s-check|monitor|soak|engine|gpu-files
---help`.
+"""Command line: `python -m scripts adopt|build|serve|validate|diff|apply|doctor|verify|k8s-check|monitor|soak|tune|engine|
+gpu-files --help`.
 
 Exit codes: 0 success, 1 the build or the server failed, 2 usage or configuration error.
 """
@@ -221,6 +221,22 @@ def _parser() -> argparse.ArgumentParser:
                                           "their CRDs'. Exit codes: 0 valid, 1 not.")
     _add_layout_options(k8s)
 
+    tune = commands.add_parser(
+        "tune", help="search the serving knobs on a live server; the winner as a patch of the committed configs",
+        description="Start the local flavor's server in explicit model control (or use --url with an admin key), try "
+                    "candidate configs on it without restarting (instances, queue delays, preferred batch sizes, ONNX "
+                    "Runtime threads), each at several client concurrencies, by coordinate descent from the committed "
+                    "values; write <build-dir>/tune/points.csv, tune.png and recommended.diff (the committed configs' "
+                    "values edited in place, validated). Exit codes: 0 done, 1 failed, 2 usage error.")
+    _add_layout_options(tune)
+    tune.add_argument("--p99-ms", type=float, default=None,
+                      help="the p99 latency budget (default: 5 x the p99 measured at concurrency 1)")
+    tune.add_argument("--seconds", type=float, default=4.0, help="per concurrency and point (default: %(default)s)")
+    tune.add_argument("--max-points", type=int, default=24, help="candidates to try at most (default: %(default)s)")
+    tune.add_argument("--repeats", type=int, default=2, help="baseline runs, for the noise margin (default: %(default)s)")
+    tune.add_argument("--write", action="store_true", help="apply recommended.diff to the committed configs")
+    tune.add_argument("--json", action="store_true", help="print the outcome as JSON (progress goes to stderr)")
+
     monitor = commands.add_parser(
         "monitor", help="run Prometheus here, scraping the local server with the bundle's rules, until Ctrl-C",
         description="Start Prometheus (Debian: apt-get install prometheus) with monitoring/prometheus.yml pointed at the "
@@ -406,6 +422,40 @@ def _k8s_check(args: argparse.Namespace) -> int:
     except k8s.CheckFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from scripts import demo, tune
+    from scripts.build import Builder, model_choice
+    from scripts.config import load_bundle
+    from scripts.serve import ServerError, local_server
+
+    layout = _layout(args)
+    progress = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json else print
+    try:
+        choice = model_choice(layout)
+        Builder(layout, model=choice.model, code=choice.code, progress=lambda m: None).run((SERVED_FLAVOR,))
+        bundle = load_bundle(layout.repository)
+        images = [jpeg for _, jpeg in demo.heldout_samples(64)]
+        with local_server(layout, log_path=layout.tune / "tritonserver.log", model_control="explicit") as server:
+            outcome = tune.tune(server, bundle, images, layout.tune, p99_ms=args.p99_ms, seconds=args.seconds,
+                                max_points=args.max_points, repeats=args.repeats,
+                                model_label=Path(choice.model).stem, progress=progress)
+    except (ServerError, ConfigError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.write and outcome.diff:
+        for path, (_, after) in tune.patch(bundle, {k: v for k, v in outcome.best_candidate.items()
+                                                     if v != tune.current_values(bundle).get(k)}).items():
+            path.write_text(after)
+    if args.json:
+        print(json.dumps({"line": outcome.line(), "best": outcome.best_candidate, "diff": outcome.diff}, default=str))
+    else:
+        print(outcome.diff or "the committed values are the best found: no patch")
+        print(f"wrote {layout.tune / 'points.csv'}, {layout.tune / 'tune.png'}, {layout.tune / 'recommended.diff'}"
+              + (" and applied it" if args.write and outcome.diff else ""))
+        print(outcome.line())
     return EXIT_OK
 
 
@@ -634,7 +684,7 @@ Ctrl-C stops the server.""", flush=True)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"adopt": _adopt, "build": _build, "serve": _serve, "validate": _validate, "diff": _diff, "apply": _apply,
-                "doctor": _doctor, "verify": _verify, "k8s-check": _k8s_check, "monitor": _monitor, "soak": _soak,
+                "doctor": _doctor, "verify": _verify, "k8s-check": _k8s_check, "monitor": _monitor, "soak": _soak, "tune": _tune,
                 "engine": _engine, "gpu-files": _gpu_files}
     return commands[args.command](args)
 

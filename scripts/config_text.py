@@ -30,6 +30,7 @@ class _Value:
 @dataclasses.dataclass
 class _Field:
     name: str
+    start: int  # where its name is written
     values: list[_Value]  # one, or the items of a `[ ... ]` list
     list_span: tuple[int, int] | None = None  # where the `[ ... ]` is, when written as a list
 
@@ -70,7 +71,7 @@ _CLOSING = {"{": "}", "<": ">"}
 def _message(tokens: _Tokens, closing: str | None) -> list[_Field]:
     fields: list[_Field] = []
     while tokens.token != (closing or ""):
-        name, _, _ = tokens.next()
+        name, name_start, _ = tokens.next()
         if name == "[":  # an extension or Any type name: [package.Type]
             while tokens.token != "]":
                 name += tokens.next()[0]
@@ -86,9 +87,9 @@ def _message(tokens: _Tokens, closing: str | None) -> list[_Field]:
                 if tokens.token == ",":
                     tokens.next()
             end = tokens.expect("]")
-            fields.append(_Field(name, values, (start, end)))
+            fields.append(_Field(name, name_start, values, (start, end)))
         else:
-            fields.append(_Field(name, [_value(tokens)]))
+            fields.append(_Field(name, name_start, [_value(tokens)]))
         if tokens.token in (",", ";"):
             tokens.next()
     return fields
@@ -143,12 +144,29 @@ def _entry_class(field: FieldDescriptor):
     return message_factory.GetMessageClass(field.message_type)
 
 
+def _insertions(text: str, fields: list[_Field], want: Message, written: set[str]) -> list[tuple[int, int, str]]:
+    """A line for each scalar field `want` sets that the message does not write, before its first field and
+    indented as it is (a message written with no field has no indentation to follow: left to the check)."""
+    missing = [(d, v) for d, v in want.ListFields() if d.name not in written and d.message_type is None]
+    if not missing or not fields:
+        return []
+    line_start = text.rfind("\n", 0, fields[0].start) + 1
+    indent = text[line_start:fields[0].start]
+    if indent.strip():  # the first field shares its line with something else: no line of its own to copy
+        return []
+    lines = "".join(f"{indent}{d.name}: " + (_list_text(d, v, "[ ") if d.is_repeated else _scalar_text(d, v)) + "\n"
+                    for d, v in missing)
+    return [(line_start, line_start, lines)]
+
+
 def _edits(text: str, fields: list[_Field], have: Message, want: Message, path: str) -> list[tuple[int, int, str]]:
-    """(start, end, replacement) for every value of `fields` (the text of `have`) that `want` changes."""
+    """(start, end, replacement) for every value of `fields` (the text of `have`) that `want` changes, and a
+    new line for each scalar field `want` adds to a message that is written."""
     edits: list[tuple[int, int, str]] = []
     by_name: dict[str, list[_Field]] = {}
     for field in fields:
         by_name.setdefault(field.name, []).append(field)
+    edits += _insertions(text, fields, want, set(by_name))
     for name, occurrences in by_name.items():
         descriptor = have.DESCRIPTOR.fields_by_name.get(name)
         if descriptor is None:  # an extension: left as written

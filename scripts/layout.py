@@ -77,6 +77,11 @@ class Layout:
         return self.build_dir / "soak"
 
     @property
+    def tune(self) -> Path:
+        """`make tune`'s report and patch."""
+        return self.build_dir / "tune"
+
+    @property
     def monitor(self) -> Path:
         """`make monitor`'s Prometheus: its generated config and its data."""
         return self.build_dir / "monitor"

@@ -1,0 +1,119 @@
+"""The tuner's search (on a synthetic objective with a known optimum) and its patch writing (values edited
+in place, a field added where its message is written, every comment kept, validated); the whole run
+on a real local server is `make tune`, whose figures are in docs/performance.md."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from scripts import tune
+from scripts.config import ConfigError, load_bundle
+from tests.conftest import REPOSITORY
+
+KNOBS = (
+    tune.Knob("classifier.instances", (1, 2, 3), tune._instances),
+    tune.Knob("classifier.max_queue_delay_us", (0, 100, 1000), tune._queue_delay),
+    tune.Knob("preprocess.instances", (1, 2), tune._instances),
+)
+
+
+def synthetic(objective):
+    """A measure() whose throughput is objective(candidate), p99 a constant: counts its calls."""
+    calls = []
+
+    def measure(candidate):
+        calls.append(dict(candidate))
+        point = tune.Point(candidate, 8, objective(candidate), 10.0, 0)
+        return tune.score([point], budget_ms=20.0)
+    return measure, calls
+
+
+def test_coordinate_search_climbs_to_the_optimum_without_trying_every_combination():
+    def objective(c):  # best at 3 classifier instances, 100 µs, 2 preprocess instances
+        delay_cost = abs(c["classifier.max_queue_delay_us"] - 100) / 2
+        return 100 + 30 * c["classifier.instances"] - delay_cost + 15 * c["preprocess.instances"]
+
+    measure, calls = synthetic(objective)
+    baseline = {"classifier.instances": 1, "classifier.max_queue_delay_us": 1000, "preprocess.instances": 1}
+    best, score, tried = tune.search(KNOBS, baseline, measure, noise=0.0, max_points=50, progress=lambda m: None)
+    assert best == {"classifier.instances": 3, "classifier.max_queue_delay_us": 100, "preprocess.instances": 2}
+    assert score.images_per_s == objective(best)
+    assert len(calls) < 3 * 3 * 2, "fewer measurements than the full grid"
+    assert len(tried) == len(calls)
+
+
+def test_a_gain_within_the_noise_does_not_win_and_the_point_budget_holds():
+    measure, calls = synthetic(lambda c: 100 + c["classifier.instances"])  # +1 img/s per instance: noise
+    baseline = {"classifier.instances": 1, "classifier.max_queue_delay_us": 100, "preprocess.instances": 1}
+    best, _, _ = tune.search(KNOBS, baseline, measure, noise=5.0, max_points=50, progress=lambda m: None)
+    assert best == baseline
+    measure, calls = synthetic(lambda c: 100.0)
+    tune.search(KNOBS, baseline, measure, noise=0.0, max_points=3, progress=lambda m: None)
+    assert len(calls) == 3
+
+
+def test_a_candidate_over_the_latency_budget_scores_nothing():
+    points = [tune.Point({}, 4, 300.0, 25.0, 0), tune.Point({}, 8, 200.0, 15.0, 0), tune.Point({}, 16, 500.0, 12.0, 3)]
+    best = tune.score(points, budget_ms=20.0)
+    assert (best.images_per_s, best.concurrency) == (200.0, 8), "over budget or failing points do not count"
+    assert tune.score(points[:1], budget_ms=20.0).images_per_s == 0.0
+
+
+def test_the_baseline_is_what_the_committed_configs_say(bundle):
+    values = tune.current_values(bundle)
+    assert values["classifier.instances"] == bundle.classifier_config.instance_group[0].count
+    assert values["classifier.max_queue_delay_us"] == bundle.classifier_config.dynamic_batching.max_queue_delay_microseconds
+    assert values["classifier.preferred_batch_size"] == ()
+
+
+def test_the_patch_edits_values_in_place_adds_a_field_and_keeps_every_comment(tmp_path):
+    repository = tmp_path / "model_repository"
+    shutil.copytree(REPOSITORY, repository)
+    bundle = load_bundle(repository)
+    candidate = {"classifier.instances": 2, "classifier.preferred_batch_size": (8,), "preprocess.max_queue_delay_us": 1000}
+    changes = tune.patch(bundle, candidate)
+    assert set(changes) == {bundle.config_path("classifier"), bundle.config_path("preprocess")}
+    for before, after in changes.values():
+        assert [line for line in before.splitlines() if "#" in line] == [line for line in after.splitlines() if "#" in line]
+    diff = tune.unified_diff(changes, tmp_path)
+    assert "+  preferred_batch_size: [ 8 ]" in diff and "+    count: 2" in diff
+    assert "+  max_queue_delay_microseconds: 1000" in diff
+    for path, (_, after) in changes.items():
+        path.write_text(after)
+    tuned = load_bundle(repository)
+    assert tuned.classifier.preferred_batch_sizes == (8,) and tuned.classifier_config.instance_group[0].count == 2
+
+
+def test_an_invalid_candidate_is_refused_before_anything_is_written(tmp_path):
+    repository = tmp_path / "model_repository"
+    shutil.copytree(REPOSITORY, repository)
+    bundle = load_bundle(repository)
+    with pytest.raises(ConfigError, match="the tuned configs do not validate"):
+        tune.patch(bundle, {"classifier.preferred_batch_size": (64,)})  # over max_batch_size 32
+    assert (repository / "classifier" / "config.pbtxt").read_text() == (REPOSITORY / "classifier" / "config.pbtxt").read_text()
+
+
+@pytest.mark.integration
+def test_a_candidate_is_loaded_on_the_live_server_without_a_restart(built, bundle, tmp_path, heldout):
+    import tritonclient.http as httpclient
+
+    from client import ImageClassifierClient
+    from scripts.serve import local_server
+
+    with local_server(built, log_path=tmp_path / "server.log", model_control="explicit") as server:
+        pid = server.process.pid
+        live = tune.LiveServer(server, bundle)
+        try:
+            live.load({"classifier.instances": 2, "classifier.max_queue_delay_us": 1000})
+            with httpclient.InferenceServerClient(server.http_url) as client:
+                config = client.get_model_config(bundle.classifier.model_name, headers=server.admin_headers)
+            assert config["instance_group"][0]["count"] == 2
+            assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+            assert config["backend"] == "python", "the candidate is derived for the served flavor, as the build does"
+            with ImageClassifierClient(server.grpc_url) as client:
+                assert all(r.ok for r in client.classify([p.read_bytes() for _, p in heldout[:8]], top_k=1))
+        finally:
+            live.close()
+        assert server.process.pid == pid and server.process.poll() is None
