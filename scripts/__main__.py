@@ -429,6 +429,7 @@ def _tune(args: argparse.Namespace) -> int:
     from scripts import demo, tune
     from scripts.build import Builder, model_choice
     from scripts.config import load_bundle
+    from scripts.config_text import unified_diff, write_edits
     from scripts.serve import ServerError, local_server
 
     layout = _layout(args)
@@ -445,16 +446,15 @@ def _tune(args: argparse.Namespace) -> int:
     except (ServerError, ConfigError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if args.write and outcome.diff:
-        for path, (_, after) in tune.patch(bundle, {k: v for k, v in outcome.best_candidate.items()
-                                                     if v != tune.current_values(bundle).get(k)}).items():
-            path.write_text(after)
+    if args.write:
+        write_edits(outcome.changes)
+    diff = unified_diff(outcome.changes, layout.project)
     if args.json:
-        print(json.dumps({"line": outcome.line(), "best": outcome.best_candidate, "diff": outcome.diff}, default=str))
+        print(json.dumps({"line": outcome.line(), "best": outcome.best_candidate, "diff": diff}, default=str))
     else:
-        print(outcome.diff or "the committed values are the best found: no patch")
+        print(diff or "the committed values are the best found: no patch")
         print(f"wrote {layout.tune / 'points.csv'}, {layout.tune / 'tune.png'}, {layout.tune / 'recommended.diff'}"
-              + (" and applied it" if args.write and outcome.diff else ""))
+              + (" and applied it" if args.write and outcome.changes else ""))
         print(outcome.line())
     return EXIT_OK
 
@@ -560,7 +560,7 @@ def _adopt(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    project = layout.repository.resolve().parent
+    project = layout.project
     record = adopt.write(plan, layout) if args.yes else None
     if args.json:
         print(json.dumps({

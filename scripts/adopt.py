@@ -12,18 +12,15 @@ is recorded for the build (`build.ModelChoice`), so `make serve` builds and serv
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import shutil
-import tempfile
 from pathlib import Path
 
 from scripts import intake
 from scripts.build import ModelChoice, record_adopted
 from scripts.config import Bundle, ConfigError, ModelConfig, read_labels
-from scripts.config_text import InPlaceError, edit_in_place
+from scripts.config_text import Edits, InPlaceError, edit_in_place, unified_diff, write_edits
 from scripts.constants import CONFIG_FILENAME
 from scripts.layout import Layout
-from scripts.validate import checked_bundle
+from scripts.validate import check_edits, checked_bundle
 
 # Without --resize-shorter, a new crop keeps the ImageNet convention: resize the shorter side to 256, crop 224.
 RESIZE_PER_CROP = 256 / 224
@@ -45,7 +42,6 @@ class Signature:
     kind: str  # intake's kind: onnx, torchscript, pickle
     size: tuple[int, int]  # (height, width) of the RGB images it takes
     scores: int  # scores per image
-    tensor_names: tuple[str, str] | None = None  # an ONNX file's input and output names
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -91,7 +87,7 @@ def _onnx_signature(path: Path, size: tuple[int, int] | None) -> Signature:
         (scores,) = session.run(None, {inputs[0].name: np.zeros((TRIAL_BATCH, CHANNELS, *size), np.float32)})
     except Exception as exc:  # ONNX Runtime raises its own exception types
         raise AdoptError(f"{path}: ONNX Runtime fails on a batch of {TRIAL_BATCH} RGB {size[0]}x{size[1]} images: {exc}") from exc
-    return Signature("onnx", size, _score_count(path, scores.shape), (inputs[0].name, graph.output[0].name))
+    return Signature("onnx", size, _score_count(path, scores.shape))
 
 
 def _torch_signature(loaded: intake.LoadedModel, size: tuple[int, int] | None) -> Signature:
@@ -149,19 +145,18 @@ class Plan:
     signature: Signature
     resize_shorter: int
     labels: tuple[str, ...]
-    changes: dict[Path, tuple[str, str]]  # file -> (before, after), only files that change
+    changes: Edits  # the configs and labels.txt, where they change
 
     def diff(self, project: Path, labels_in_full: bool = False) -> str:
         """A unified diff of the configs (and of labels.txt when asked; else one line about it)."""
-        lines = []
-        for path, (before, after) in self.changes.items():
-            name = path.relative_to(project) if path.is_relative_to(project) else path
-            if path.name != CONFIG_FILENAME and not labels_in_full:
-                lines.append(f"{name}: {len(before.splitlines())} labels -> {len(self.labels)} labels "
-                             f"({', '.join(self.labels[:4])}{', ...' if len(self.labels) > 4 else ''})\n")
-                continue
-            lines += difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}")
-        return "".join(lines)
+        if labels_in_full:
+            return unified_diff(self.changes, project)
+        configs = {path: texts for path, texts in self.changes.items() if path.name == CONFIG_FILENAME}
+        labels = [(path, before) for path, (before, _) in self.changes.items() if path.name != CONFIG_FILENAME]
+        return unified_diff(configs, project) + "".join(
+            f"{path.relative_to(project) if path.is_relative_to(project) else path}: {len(before.splitlines())} labels "
+            f"-> {len(self.labels)} labels ({', '.join(self.labels[:4])}{', ...' if len(self.labels) > 4 else ''})\n"
+            for path, before in labels)
 
 
 def _three(values: list[float] | None, current: tuple[float, float, float], what: str) -> tuple[float, float, float]:
@@ -213,7 +208,7 @@ def plan(layout: Layout, model: Path, labels_file: Path | None = None, size: tup
         raise AdoptError(f"--resize-shorter {resize_shorter} is smaller than the {sig.size[0]}x{sig.size[1]} crop")
     wanted = _wanted(bundle, sig, resize_shorter, _three(mean, bundle.preprocess.mean, "mean"),
                      _three(std, bundle.preprocess.std, "std"))
-    changes: dict[Path, tuple[str, str]] = {}
+    changes: Edits = {}
     for name, config in wanted.items():
         path = bundle.config_path(name)
         before = path.read_text()
@@ -226,30 +221,16 @@ def plan(layout: Layout, model: Path, labels_file: Path | None = None, size: tup
     labels_text = "".join(f"{label}\n" for label in labels)
     if labels_path.read_text() != labels_text:
         changes[labels_path] = (labels_path.read_text(), labels_text)
-    _validate(layout.repository, changes)
+    try:
+        check_edits(layout.repository, {path: after for path, (_, after) in changes.items()})
+    except ConfigError as exc:
+        raise AdoptError(f"the edited configs do not validate: {exc}") from exc
     return Plan(model, code, sig, resize_shorter, labels, changes)
 
 
-def _validate(repository: Path, changes: dict[Path, tuple[str, str]]) -> None:
-    """The edited repository, on a copy, passes the validator and reads as a bundle."""
-    with tempfile.TemporaryDirectory(prefix="adopt-") as scratch:
-        copy = Path(scratch) / repository.name
-        # The version folders' contents are artifacts (an engine can be large): the configs are what changes.
-        shutil.copytree(repository, copy, ignore=lambda folder, names: names if Path(folder).name.isdigit() else [])
-        for path, (_, after) in changes.items():
-            (copy / path.relative_to(repository)).write_text(after)
-        try:
-            checked_bundle(copy)
-        except ConfigError as exc:
-            raise AdoptError(f"the edited configs do not validate: {exc}".replace(str(copy), str(repository))) from exc
-
-
 def write(plan: Plan, layout: Layout) -> Path:
-    """Write the edited files (each replaced whole, never half-written) and record the model for the build."""
-    for path, (_, after) in plan.changes.items():
-        staging = path.with_name(path.name + ".adopt.tmp")
-        staging.write_text(after)
-        staging.replace(path)
+    """Write the edited files and record the model for the build."""
+    write_edits(plan.changes)
     return record_adopted(layout, ModelChoice(str(plan.model), tuple(str(folder) for folder in plan.code)))
 
 

@@ -101,7 +101,7 @@ def adopted_record(layout: Layout) -> Path:
 
 def record_adopted(layout: Layout, choice: ModelChoice) -> Path:
     """Paths inside the project are kept relative to it: the builder container sees the project elsewhere."""
-    project = layout.repository.resolve().parent
+    project = layout.project
 
     def portable(path: str) -> str:
         resolved = Path(path).resolve()
@@ -121,8 +121,8 @@ def model_choice(layout: Layout, model: str | None = None, code: tuple[str, ...]
         record = json.loads(adopted_record(layout).read_text())
     except (OSError, ValueError):
         return ModelChoice(DEMO_MODEL, tuple(code))
-    project = layout.repository.resolve().parent
-    return ModelChoice(str(project / record["model"]), tuple(code) or tuple(str(project / c) for c in record.get("code", ())))
+    return ModelChoice(str(layout.project / record["model"]),
+                       tuple(code) or tuple(str(layout.project / c) for c in record.get("code", ())))
 
 
 class BuildError(RuntimeError):

@@ -10,6 +10,8 @@ parsed back and must equal the wanted config, so an edit can never mean somethin
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from pathlib import Path
 
 from google.protobuf import text_encoding, text_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -235,3 +237,23 @@ def edit_in_place(text: str, want: Message) -> str:
         raise InPlaceError(f"the wanted config changes {', '.join(names)} in a way the text has no place for "
                            "(a field to add): add it by hand first")
     return edited
+
+
+Edits = dict[Path, tuple[str, str]]  # file -> (its text now, its text edited), for the files that change
+
+
+def unified_diff(edits: Edits, project: Path) -> str:
+    """The edits as one unified diff, paths relative to `project`."""
+    lines = []
+    for path, (before, after) in edits.items():
+        name = path.relative_to(project) if path.is_relative_to(project) else path
+        lines += difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}")
+    return "".join(lines)
+
+
+def write_edits(edits: Edits) -> None:
+    """Each edited file replaced whole (written beside it, then renamed): never half-written."""
+    for path, (_, after) in edits.items():
+        staging = path.with_name(path.name + ".edit.tmp")
+        staging.write_text(after)
+        staging.replace(path)

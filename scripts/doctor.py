@@ -368,7 +368,7 @@ class Doctor:
         needed = [(bundle.classifier.model_name, TENSORRT_PLAN), (bundle.preprocess.model_name, DALI_SCRIPT),
                   *([(bundle.check.model_name, PYTHON_MODEL)] if bundle.check else [])]
         missing = [str(bundle.artifact(model, name)) for model, name in needed if not bundle.artifact(model, name).is_file()]
-        project = self.layout.repository.resolve().parent
+        project = self.layout.project
         choice = model_choice(self.layout, self.env.get("MODEL") or None)
         model = Path(choice.model) if Path(choice.model).is_absolute() else project / choice.model
         if not missing:

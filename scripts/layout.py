@@ -23,6 +23,11 @@ class Layout:
     build_dir: Path = PROJECT / "build"  # git-ignored: everything below is generated
 
     @property
+    def project(self) -> Path:
+        """The folder that holds the repository: paths recorded relative to it resolve in the builder container too."""
+        return self.repository.resolve().parent
+
+    @property
     def artifacts(self) -> Path:
         return self.build_dir / "artifacts"
 

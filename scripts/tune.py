@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scripts.config import Bundle, ConfigError, ModelConfig
-from scripts.config_text import edit_in_place
+from scripts.config_text import Edits, edit_in_place, unified_diff
 from scripts.constants import LOCAL
+from scripts.live import LiveServer
 from scripts.repository import flavor_config
-from scripts.validate import checked_bundle
+from scripts.validate import check_edits
 
 # p99 at concurrency 1 is the service time without queueing. Under a closed loop of a few clients, a
 # well-batched server adds about one batch's service time of queueing, and the tail of a shared 2-core
@@ -100,34 +98,20 @@ def candidate_configs(bundle: Bundle, candidate: dict[str, object], knobs: Seque
     return configs
 
 
-def patch(bundle: Bundle, candidate: dict[str, object], knobs: Sequence[Knob] = KNOBS) -> dict[Path, tuple[str, str]]:
-    """{config path: (text now, text with the candidate's values edited in place)} of the files that change;
-    the edited repository is validated (on a copy) before this returns."""
-    changes = {}
+def patch(bundle: Bundle, candidate: dict[str, object], knobs: Sequence[Knob] = KNOBS) -> Edits:
+    """The committed configs the candidate changes, its values edited in place; validated (on a copy)."""
+    changes: Edits = {}
     for model, config in candidate_configs(bundle, candidate, knobs).items():
         path = bundle.config_path(model)
         before = path.read_text()
         after = edit_in_place(before, config)
         if after != before:
             changes[path] = (before, after)
-    with tempfile.TemporaryDirectory(prefix="tune-") as scratch:
-        copy = Path(scratch) / bundle.root.name
-        shutil.copytree(bundle.root, copy, ignore=lambda folder, names: names if Path(folder).name.isdigit() else [])
-        for path, (_, after) in changes.items():
-            (copy / path.relative_to(bundle.root)).write_text(after)
-        try:
-            checked_bundle(copy)
-        except ConfigError as exc:
-            raise ConfigError(bundle.root, f"the tuned configs do not validate: {exc}") from exc
+    try:
+        check_edits(bundle.root, {path: after for path, (_, after) in changes.items()})
+    except ConfigError as exc:
+        raise ConfigError(exc.path, f"the tuned configs do not validate: {exc}") from None
     return changes
-
-
-def unified_diff(changes: dict[Path, tuple[str, str]], project: Path) -> str:
-    lines = []
-    for path, (before, after) in changes.items():
-        name = path.relative_to(project) if path.is_relative_to(project) else path
-        lines += difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{name}", f"b/{name}")
-    return "".join(lines)
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -202,15 +186,12 @@ def current_values(bundle: Bundle, knobs: Sequence[Knob] = KNOBS) -> dict[str, o
     return values
 
 
-class LiveServer:
-    """Candidates loaded on a running local-flavor server in explicit model control."""
+class Candidates:
+    """Candidates loaded on a running server in explicit model control (`live.LiveServer`: its admin API)."""
 
-    def __init__(self, server, bundle: Bundle, flavor: str = LOCAL):
-        import tritonclient.http as httpclient
-
+    def __init__(self, server: LiveServer, bundle: Bundle, flavor: str = LOCAL):
         self.server, self.bundle, self.flavor = server, bundle, flavor
-        self.client = httpclient.InferenceServerClient(server.http_url)
-        self.loaded: dict[str, str] = {}
+        self.loaded: dict[str, dict] = {}
 
     def load(self, candidate: dict[str, object]) -> None:
         from google.protobuf import json_format
@@ -218,18 +199,15 @@ class LiveServer:
         for model, config in candidate_configs(self.bundle, candidate).items():
             edited = dataclasses.replace(self.bundle, **{
                 "classifier_config" if model == self.bundle.classifier.model_name else "preprocess_config": config})
-            text = json_format.MessageToJson(flavor_config(edited, model, self.flavor), preserving_proto_field_name=True)
-            if self.loaded.get(model) != text:
-                self.client.load_model(model, headers=self.server.admin_headers, config=text)
-                self.loaded[model] = text
+            served = json_format.MessageToDict(flavor_config(edited, model, self.flavor), preserving_proto_field_name=True)
+            if self.loaded.get(model) != served:
+                self.server.load(model, served)
+                self.loaded[model] = served
         deadline = time.monotonic() + 120
-        while not self.client.is_model_ready(self.bundle.ensemble.name):
+        while self.server.index().get(self.bundle.ensemble.name) != "READY":
             if time.monotonic() > deadline:
                 raise RuntimeError("the ensemble is not ready after loading the candidate")
             time.sleep(0.2)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 def spread(values: Sequence[float]) -> float:
@@ -281,7 +259,7 @@ class Outcome:
     budget_ms: float
     points: int
     seconds: float
-    diff: str
+    changes: Edits  # the committed configs, edited to the winner's values
     noise: float
 
     def line(self) -> str:
@@ -300,7 +278,8 @@ def tune(server, bundle: Bundle, images: Sequence[bytes], output: Path, flavor: 
     started = time.monotonic()
     names = (bundle.check.input_name if bundle.check else bundle.preprocess.input_name, bundle.classifier.output_name)
     prepared = [PreparedImage(f"#{i}", data, "JPEG", 0, 0) for i, data in enumerate(images)]
-    live = LiveServer(server, bundle, flavor)
+    admin = LiveServer(server.http_url, server.admin_key)
+    live = Candidates(admin, bundle, flavor)
 
     def run(concurrency: int, run_seconds: float):
         return closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, concurrency, run_seconds)
@@ -339,10 +318,9 @@ def tune(server, bundle: Bundle, images: Sequence[bytes], output: Path, flavor: 
             best_score = min((best_score, again), key=lambda s: s.images_per_s)
         live.load(baseline)  # the server as it was
     finally:
-        live.close()
+        admin.close()
     write_report(tried, best, budget, output)
     changes = patch(bundle, {k: v for k, v in best.items() if v != baseline.get(k)})
-    diff = unified_diff(changes, bundle.root.parent)
-    (output / "recommended.diff").write_text(diff)
+    (output / "recommended.diff").write_text(unified_diff(changes, bundle.root.parent))
     return Outcome(model_label, baseline_score, best_score, best, budget, sum(len(s.points) for _, s in tried),
-                   time.monotonic() - started, diff, noise)
+                   time.monotonic() - started, changes, noise)

@@ -775,6 +775,25 @@ def checked_bundle(root: Path) -> Bundle:
     return load_bundle(root)
 
 
+def check_edits(root: Path, texts: dict[Path, str]) -> None:
+    """Whether `root` with `texts` ({file: new text}) written over its files passes what `checked_bundle`
+    checks, tried on a copy (nothing of `root` changes). ConfigError names `root`'s files."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edits-") as scratch:
+        copy = Path(scratch) / root.name
+        # The version folders hold artifacts only (an engine can be large): the configs are what changes.
+        shutil.copytree(root, copy, ignore=lambda folder, names: names if Path(folder).name.isdigit() else [])
+        for path, text in texts.items():
+            (copy / path.relative_to(root)).write_text(text)
+        try:
+            checked_bundle(copy)
+        except ConfigError as exc:
+            where = root / exc.path.relative_to(copy) if exc.path.is_relative_to(copy) else exc.path
+            raise ConfigError(where, str(exc).removeprefix(f"{exc.path}: ").replace(str(copy), str(root))) from None
+
+
 def format_report(report: Report, notes: bool = True) -> Iterable[str]:
     for finding in report.findings:
         if notes or finding.severity != NOTE:

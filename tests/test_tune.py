@@ -10,6 +10,7 @@ import pytest
 
 from scripts import tune
 from scripts.config import ConfigError, load_bundle
+from scripts.config_text import unified_diff
 from tests.conftest import REPOSITORY
 
 KNOBS = (
@@ -77,7 +78,7 @@ def test_the_patch_edits_values_in_place_adds_a_field_and_keeps_every_comment(tm
     assert set(changes) == {bundle.config_path("classifier"), bundle.config_path("preprocess")}
     for before, after in changes.values():
         assert [line for line in before.splitlines() if "#" in line] == [line for line in after.splitlines() if "#" in line]
-    diff = tune.unified_diff(changes, tmp_path)
+    diff = unified_diff(changes, tmp_path)
     assert "+  preferred_batch_size: [ 8 ]" in diff and "+    count: 2" in diff
     assert "+  max_queue_delay_microseconds: 1000" in diff
     for path, (_, after) in changes.items():
@@ -97,18 +98,17 @@ def test_an_invalid_candidate_is_refused_before_anything_is_written(tmp_path):
 
 @pytest.mark.integration
 def test_a_candidate_is_loaded_on_the_live_server_without_a_restart(built, bundle, tmp_path, heldout):
-    import tritonclient.http as httpclient
-
     from client import ImageClassifierClient
+    from scripts.live import LiveServer
     from scripts.serve import local_server
 
     with local_server(built, log_path=tmp_path / "server.log", model_control="explicit") as server:
         pid = server.process.pid
-        live = tune.LiveServer(server, bundle)
+        live = LiveServer(server.http_url, server.admin_key)
+        candidates = tune.Candidates(live, bundle)
         try:
-            live.load({"classifier.instances": 2, "classifier.max_queue_delay_us": 1000})
-            with httpclient.InferenceServerClient(server.http_url) as client:
-                config = client.get_model_config(bundle.classifier.model_name, headers=server.admin_headers)
+            candidates.load({"classifier.instances": 2, "classifier.max_queue_delay_us": 1000})
+            config = live.config(bundle.classifier.model_name)
             assert config["instance_group"][0]["count"] == 2
             assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
             assert config["backend"] == "python", "the candidate is derived for the served flavor, as the build does"
