@@ -223,14 +223,26 @@ def _parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser(
         "tune", help="search the serving knobs on a live server; the winner as a patch of the committed configs",
-        description="Start the local flavor's server in explicit model control (or use --url with an admin key), try "
-                    "candidate configs on it without restarting (instances, queue delays, preferred batch sizes, ONNX "
-                    "Runtime threads), each at several client concurrencies, by coordinate descent from the committed "
-                    "values; write <build-dir>/tune/points.csv, tune.png and recommended.diff (the committed configs' "
-                    "values edited in place, validated). Exit codes: 0 done, 1 failed, 2 usage error.")
+        description="Start the local flavor's server in explicit model control (or use a running one: --url, with its "
+                    "admin key), try candidate configs on it without restarting (instances, queue delays, preferred "
+                    "batch sizes, DALI and ONNX Runtime threads), each at several client concurrencies, by coordinate "
+                    "descent from the committed values; write <build-dir>/tune/points.csv, tune.png and "
+                    "recommended.diff (the committed configs' values edited in place, validated). The server is left "
+                    "with the committed configs. Exit codes: 0 done, 1 failed, 2 usage error.")
     _add_layout_options(tune)
+    tune.add_argument("--url", default=None,
+                      help="HTTP host:port of a running server in explicit model control, e.g. the GPU box's "
+                           "(default: start the local flavor's server here)")
+    tune.add_argument("--grpc-url", default=None,
+                      help=f"its gRPC host:port, which the load goes to (default: --url's host, port "
+                           f"${defaults.PORT_ENV['grpc']} or {defaults.DEFAULT_PORTS['grpc']})")
+    tune.add_argument("--admin-key", default=None, help=ADMIN_KEY_HELP)
+    tune.add_argument("--flavor", choices=FLAVORS, default=None,
+                      help=f"what the server at --url serves (default: {GPU}; without --url: {SERVED_FLAVOR})")
     tune.add_argument("--p99-ms", type=float, default=None,
-                      help="the p99 latency budget (default: 5 x the p99 measured at concurrency 1)")
+                      help="the p99 latency budget (default: a multiple of the p99 measured at concurrency 1, "
+                           "scripts/tune.py BUDGET_FACTOR)")
+    tune.add_argument("--images", type=int, default=64, help="distinct camera-sized JPEGs sent (default: %(default)s)")
     tune.add_argument("--seconds", type=float, default=4.0, help="per concurrency and point (default: %(default)s)")
     tune.add_argument("--max-points", type=int, default=24, help="candidates to try at most (default: %(default)s)")
     tune.add_argument("--repeats", type=int, default=2, help="baseline runs, for the noise margin (default: %(default)s)")
@@ -430,20 +442,38 @@ def _tune(args: argparse.Namespace) -> int:
     from scripts.build import Builder, model_choice
     from scripts.config import load_bundle
     from scripts.config_text import unified_diff, write_edits
+    from scripts.live import Refused, Unreachable
     from scripts.serve import ServerError, local_server
 
     layout = _layout(args)
     progress = (lambda message: print(message, file=sys.stderr, flush=True)) if args.json else print
     try:
+        admin_key = args.admin_key or defaults.admin_key()
+        grpc_url = args.grpc_url or (args.url and f"{args.url.rsplit(':', 1)[0]}:{defaults.Endpoint.from_env().grpc}")
+    except defaults.EnvironmentValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    images = demo.camera_frames(args.images)
+    try:
         choice = model_choice(layout)
-        Builder(layout, model=choice.model, code=choice.code, progress=lambda m: None).run((SERVED_FLAVOR,))
-        bundle = load_bundle(layout.repository)
-        images = [jpeg for _, jpeg in demo.heldout_samples(64)]
-        with local_server(layout, log_path=layout.tune / "tritonserver.log", model_control="explicit") as server:
-            outcome = tune.tune(server, bundle, images, layout.tune, p99_ms=args.p99_ms, seconds=args.seconds,
-                                max_points=args.max_points, repeats=args.repeats,
-                                model_label=Path(choice.model).stem, progress=progress)
-    except (ServerError, ConfigError, RuntimeError) as exc:
+        label = Path(choice.model).stem
+        if args.url:
+            bundle = load_bundle(layout.repository)
+            outcome = tune.tune(tune.Target(args.url, grpc_url, admin_key), bundle, images, layout.tune,
+                                args.flavor or GPU, args.p99_ms, args.seconds, args.max_points, args.repeats, label, progress)
+        else:
+            flavor = args.flavor or SERVED_FLAVOR
+            if flavor == GPU:
+                print(f"error: the {GPU} flavor runs on the GPU box: tune it there, or point --url at its server",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            Builder(layout, model=choice.model, code=choice.code, progress=lambda m: None).run((flavor,))
+            bundle = load_bundle(layout.repository)
+            with local_server(layout, layout.flavor(flavor), log_path=layout.tune / "tritonserver.log",
+                              model_control="explicit") as server:
+                outcome = tune.tune(server, bundle, images, layout.tune, flavor, args.p99_ms, args.seconds,
+                                    args.max_points, args.repeats, label, progress)
+    except (ServerError, ConfigError, RuntimeError, Refused, Unreachable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.write:

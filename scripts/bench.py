@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from scripts.dali_runner import synchronous_pipeline
 from scripts.layout import Layout
 from scripts.serve import LocalServer, local_server
 
-IMAGE_SIZE = (640, 480)
+RESNET50 = "resnet50"  # the compute-bound model's name in the results
 RESNET_LABELS = 1000
 RESNET_SIZE = 224
 
@@ -52,21 +51,6 @@ class Row:
     p95_ms: float
     p99_ms: float
     failures: int = 0
-
-
-def realistic_jpegs(count: int) -> list[bytes]:
-    """Demo shapes re-rendered as 640x480 JPEGs (the size of a typical camera frame)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(7)
-    images = []
-    for index in range(count):
-        label = sorted(demo.SHAPES)[index % len(demo.SHAPES)]
-        with Image.open(io.BytesIO(demo.render(label, rng))) as small:
-            buffer = io.BytesIO()
-            small.convert("RGB").resize(IMAGE_SIZE).save(buffer, "JPEG", quality=90)
-        images.append(buffer.getvalue())
-    return images
 
 
 def percentiles(latencies_ms: list[float]) -> tuple[float, float, float]:
@@ -122,7 +106,7 @@ def served(model: str, flavor: str, serving: Layout, repo: Path, images: list[by
 
     bundle = load_bundle(repo)
     names = (bundle.preprocess.input_name, bundle.classifier.output_name)
-    prepared = [PreparedImage(f"#{i}", data, "JPEG", *IMAGE_SIZE) for i, data in enumerate(images)]
+    prepared = [PreparedImage(f"#{i}", data, "JPEG", *demo.CAMERA_FRAME) for i, data in enumerate(images)]
     rows = []
     with tempfile.TemporaryDirectory() as scratch, local_server(serving, repo, log_path=Path(scratch) / "server.log") as server:
         for protocol in protocols:
@@ -215,11 +199,11 @@ def resnet_layout(directory: Path, progress) -> tuple[Layout, Path]:
 def prepare_models(models: list[str], progress) -> dict[str, Layout]:
     layouts = {DEMO_MODEL: Layout()}
     Builder(layouts[DEMO_MODEL], progress=lambda m: None).run()
-    if "resnet50" not in models:
+    if RESNET50 not in models:
         return layouts
-    layout, onnx_file = resnet_layout(layouts[DEMO_MODEL].bench / "resnet50", progress)
+    layout, onnx_file = resnet_layout(layouts[DEMO_MODEL].bench / RESNET50, progress)
     Builder(layout, model=str(onnx_file), progress=lambda m: None).run()
-    layouts["resnet50"] = layout
+    layouts[RESNET50] = layout
     return layouts
 
 
@@ -266,6 +250,37 @@ def plot(rows: list[Row], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def summary(rows: list[Row], flavors: list[str], build_s: float) -> str:
+    """The one-line summary. Its figures are the local flavor's (comparable across runs and machines), cpu beside
+    it; the served rate of a model is its best over gRPC concurrencies, its in-process rate the best batch size."""
+    main_flavor = LOCAL if LOCAL in flavors else flavors[0]
+
+    def pick(mode, protocol, concurrency=None, model=DEMO_MODEL, flavor=main_flavor):
+        return [r for r in rows if (r.model, r.mode, r.protocol) == (model, mode, protocol)
+                and r.flavor in (flavor, "-") and (concurrency is None or r.concurrency == concurrency)]
+
+    def served_vs_inprocess(model: str) -> float:
+        return (max(r.images_per_s for r in pick("served", "grpc", model=model))
+                / max(r.images_per_s for r in pick("in-process", "-", model=model)))
+
+    grpc = pick("served", "grpc")
+    best = max(r.images_per_s for r in grpc)
+    by_conc = {r.concurrency: r for r in grpc}
+    gain = by_conc[max(by_conc)].images_per_s / by_conc[min(by_conc)].images_per_s
+    overhead = by_conc[min(by_conc)].p50_ms - pick("in-process", "-", 1)[0].p50_ms
+    unchecked = {r.concurrency: r for r in pick("served, no check", "grpc")}
+    check_cost = 1 - best / max(r.images_per_s for r in unchecked.values())
+    check_p50_ms = by_conc[min(by_conc)].p50_ms - unchecked[min(unchecked)].p50_ms
+    line = f"summary: served_vs_inprocess={served_vs_inprocess(DEMO_MODEL):.2f}"
+    if pick("served", "grpc", model=RESNET50):
+        line += f" served_vs_inprocess_resnet50={served_vs_inprocess(RESNET50):.2f}"
+    line += (f" batching_gain={gain:.2f} p50_overhead_ms={overhead:.2f} check_cost_pct={100 * check_cost:.1f} "
+             f"check_p50_ms={check_p50_ms:.2f} build_s={build_s:.1f}")
+    if CPU in flavors and LOCAL in flavors:
+        line += f" cpu_vs_local={max(r.images_per_s for r in pick('served', 'grpc', flavor=CPU)) / best:.2f}"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement (default: %(default)s)")
     parser.add_argument("--images", type=int, default=64, help="distinct 640x480 JPEGs (default: %(default)s)")
     parser.add_argument("--skip-build-time", action="store_true", help="do not time a build from scratch")
-    parser.add_argument("--models", nargs="+", choices=[DEMO_MODEL, "resnet50"], default=[DEMO_MODEL, "resnet50"],
+    parser.add_argument("--models", nargs="+", choices=[DEMO_MODEL, RESNET50], default=[DEMO_MODEL, RESNET50],
                         help="default: both")
     parser.add_argument("--flavors", nargs="+", choices=GENERATED_FLAVORS, default=list(GENERATED_FLAVORS),
                         help="served flavors (default: both; cpu builds Triton's backends first, or is left out when "
@@ -285,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = Layout().bench
     results.mkdir(parents=True, exist_ok=True)
-    images = realistic_jpegs(args.images)
+    images = demo.camera_frames(args.images)
     progress("building the demo and the ResNet-50-sized repositories ...")
     layouts = prepare_models(args.models, progress)
     serving = layouts[DEMO_MODEL]  # one backend directory serves every model's repositories
@@ -327,30 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build from scratch (demo, local flavor): {build_s:.1f} s")
     print(f"results: {results / 'results.csv'}, {results / 'throughput_latency.png'}")
 
-    # The summary's figures are the local flavor's (comparable across runs and machines), cpu beside it.
-    main_flavor = LOCAL if LOCAL in flavors else flavors[0]
-
-    def pick(mode, protocol, concurrency=None, model=DEMO_MODEL, flavor=main_flavor):
-        return [r for r in rows if (r.model, r.mode, r.protocol) == (model, mode, protocol)
-                and r.flavor in (flavor, "-") and (concurrency is None or r.concurrency == concurrency)]
-
-    inprocess = max(pick("in-process", "-"), key=lambda r: r.images_per_s)
-    inprocess_batch1 = pick("in-process", "-", 1)[0]
-    grpc = pick("served", "grpc")
-    best = max(r.images_per_s for r in grpc)
-    by_conc = {r.concurrency: r for r in grpc}
-    gain = by_conc[max(by_conc)].images_per_s / by_conc[min(by_conc)].images_per_s
-    overhead = by_conc[min(by_conc)].p50_ms - inprocess_batch1.p50_ms
-    unchecked = {r.concurrency: r for r in pick("served, no check", "grpc")}
-    check_cost = 1 - best / max(r.images_per_s for r in unchecked.values())
-    check_p50_ms = by_conc[min(by_conc)].p50_ms - unchecked[min(unchecked)].p50_ms
-    summary = (f"summary: served_vs_inprocess={best / inprocess.images_per_s:.2f} batching_gain={gain:.2f} "
-               f"p50_overhead_ms={overhead:.2f} check_cost_pct={100 * check_cost:.1f} check_p50_ms={check_p50_ms:.2f} "
-               f"build_s={build_s:.1f}")
-    if CPU in flavors and LOCAL in flavors:
-        best_cpu = max(r.images_per_s for r in pick("served", "grpc", flavor=CPU))
-        summary += f" cpu_vs_local={best_cpu / best:.2f}"
-    print(summary)
+    print(summary(rows, flavors, build_s))
     return 0
 
 

@@ -150,6 +150,16 @@ class Bundle:
                 return (self.model_dir(model.name) / output.label_filename).resolve()
         return None
 
+    def with_config(self, name: str, config: ModelConfig) -> Bundle:
+        """This bundle with step `name`'s config replaced by `config`, its spec parsed from it again."""
+        path = self.config_path(name)
+        if name == self.preprocess.model_name:
+            return dataclasses.replace(self, preprocess_config=config, preprocess=preprocess_spec(config, path))
+        if name == self.classifier.model_name:
+            return dataclasses.replace(self, classifier_config=config,
+                                       classifier=_classifier_spec(config, self.model_dir(name), path))
+        raise ValueError(f"{name} is not the preprocessing or the classifier of this bundle")
+
 
 def _read_named(root: Path, name: str) -> ModelConfig:
     path = root / name / CONFIG_FILENAME

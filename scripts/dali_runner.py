@@ -8,16 +8,17 @@ backend runs outside this project.
 from __future__ import annotations
 
 
-def synchronous_pipeline(serialized: bytes, batch_size: int | None = None, device_id: int | None = None):
+def synchronous_pipeline(serialized: bytes, batch_size: int | None = None, device_id: int | None = None,
+                         num_threads: int | None = None):
     """A built pipeline from `model.dali` bytes. Batch size and threads are the serialized ones unless
-    `batch_size` is given; a CPU pipeline needs no device (`device_id=None`).
+    given; a CPU pipeline needs no device (`device_id=None`).
 
     Synchronous execution (no prefetching): a batch smaller than the batch size must not make DALI
     peek at a batch that was never fed.
     """
     from nvidia.dali import Pipeline
 
-    options = {"batch_size": batch_size} if batch_size else {}
+    options = {key: value for key, value in (("batch_size", batch_size), ("num_threads", num_threads)) if value}
     pipeline = Pipeline.deserialize(serialized_pipeline=serialized, device_id=device_id, exec_pipelined=False,
                                     exec_async=False, prefetch_queue_depth=1, **options)
     pipeline.build()

@@ -24,6 +24,7 @@ HELDOUT_PER_CLASS = 50
 MIN_DEMO_ACCURACY = 0.95  # top-1 on the held-out set, through any flavor's served ensemble
 TRAIN_SEED = 1
 HELDOUT_SEED = 2
+CAMERA_FRAME = (640, 480)  # what the benchmarks and the tuner send: the size of a typical camera frame
 
 
 def _regular(n: int, radius: float, rotation: float) -> Polygon:
@@ -99,6 +100,21 @@ def render(label: str, rng: np.random.Generator) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=int(rng.integers(60, 96)))
     return buffer.getvalue()
+
+
+def camera_frames(count: int) -> list[bytes]:
+    """Demo shapes re-rendered as 640x480 JPEGs (the size of a typical camera frame)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    images = []
+    for index in range(count):
+        label = sorted(SHAPES)[index % len(SHAPES)]
+        with Image.open(io.BytesIO(render(label, rng))) as small:
+            buffer = io.BytesIO()
+            small.convert("RGB").resize(CAMERA_FRAME).save(buffer, "JPEG", quality=90)
+        images.append(buffer.getvalue())
+    return images
 
 
 def samples(labels: tuple[str, ...], per_class: int, seed: int) -> Iterator[tuple[int, bytes]]:

@@ -1,11 +1,12 @@
 """`make tune`: search the serving knobs for this host, and hand ops the winner as a patch.
 
 A candidate is the committed configs with some knobs changed (instances, queue delays, preferred batch
-sizes, ONNX Runtime threads). It is tried on a running server without a restart: the server runs in
-explicit model control, and each changed model is reloaded with its config as an override (the
-repository load API), derived for the served flavor as the build derives it. Each candidate is
-measured with the benchmarks' closed loop at several client concurrencies; its score is the best
-throughput whose p99 latency is within the budget.
+sizes, DALI threads, ONNX Runtime threads). It is tried on a running server without a restart: the
+server runs in explicit model control, and each changed model is reloaded with its config as an
+override (the repository load API), derived for the served flavor as the build derives it; the same
+code tunes `make serve`'s local server and the GPU box's (`--url`, `--flavor gpu`). Each candidate is
+measured with the benchmarks' closed loop at several client concurrencies on camera-sized JPEGs; its
+score is the best throughput whose p99 latency is within the budget.
 
 The search is coordinate descent: from the measured baseline, one knob at a time, each of its values
 with the others at their best so far; a value wins only if it beats the best by more than the noise
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from scripts.config import Bundle, ConfigError, ModelConfig
 from scripts.config_text import Edits, edit_in_place, unified_diff
-from scripts.constants import LOCAL
+from scripts.constants import CPU_ONLY_FLAVORS, FLAVORS, GPU, LOCAL
 from scripts.live import LiveServer
 from scripts.repository import flavor_config
 from scripts.validate import check_edits
@@ -45,6 +46,7 @@ class Knob:
     name: str  # "<role>.<what>", role: preprocess or classifier
     values: tuple
     apply: Callable[[ModelConfig, object], None]
+    flavors: tuple[str, ...] = FLAVORS  # where the served backend takes it
 
     @property
     def role(self) -> str:
@@ -69,16 +71,24 @@ def _parameter(key: str) -> Callable[[ModelConfig, object], None]:
     return apply
 
 
-# What can change on a live local-flavor server (the DALI pipeline's num_threads is serialized into it
-# by the build: it needs a rebuild, so it is not a live knob).
+# Every knob changes on a live server: the DALI backend and the local flavor's python model both read
+# num_threads from the config they are loaded with. Not knobs: the instance kind (TensorRT and DALI's
+# mixed decoder need GPU instances, the cpu and local flavors have none) and ONNX Runtime's inter-op
+# threads (used only by its parallel execution mode, which neither ORT flavor turns on).
 KNOBS = (
     Knob("classifier.instances", (1, 2, 3), _instances),
     Knob("classifier.max_queue_delay_us", (0, 100, 1000, 4000), _queue_delay),
-    Knob("classifier.intra_op_threads", (1, 2), _parameter("intra_op_thread_count")),
+    Knob("classifier.intra_op_threads", (0, 1, 2), _parameter("intra_op_thread_count"), CPU_ONLY_FLAVORS),  # 0: per core
     Knob("classifier.preferred_batch_size", ((), (4,), (8,)), _preferred),
     Knob("preprocess.instances", (1, 2), _instances),
-    Knob("preprocess.max_queue_delay_us", (0, 100, 1000), _queue_delay),
+    # The cpu flavor's DALI step runs one request per execution (repository._unbatched_dali): no queue delay.
+    Knob("preprocess.max_queue_delay_us", (0, 100, 1000), _queue_delay, (GPU, LOCAL)),
+    Knob("preprocess.num_threads", (1, 2, 4), _parameter("num_threads")),
 )
+
+
+def knobs_for(flavor: str) -> tuple[Knob, ...]:
+    return tuple(knob for knob in KNOBS if flavor in knob.flavors)
 
 
 def model_of(bundle: Bundle, role: str) -> str:
@@ -142,6 +152,11 @@ def score(points: Sequence[Point], budget_ms: float) -> Score:
     return Score(best.images_per_s, best.p99_ms, best.concurrency, tuple(points))
 
 
+def beats(result: Score, best: Score, noise: float) -> bool:
+    """Whether `result` is better than `best` by more than the measurement noise (and MIN_GAIN)."""
+    return result.images_per_s - best.images_per_s > max(MIN_GAIN * best.images_per_s, noise)
+
+
 def search(knobs: Sequence[Knob], baseline: dict[str, object], measure: Callable[[dict], Score], noise: float,
            max_points: int, progress: Callable[[str], None] = print,
            baseline_score: Score | None = None) -> tuple[dict, Score, list[tuple[dict, Score]]]:
@@ -160,8 +175,7 @@ def search(knobs: Sequence[Knob], baseline: dict[str, object], measure: Callable
                 candidate = {**best, knob.name: value}
                 result = measure(candidate)
                 tried.append((candidate, result))
-                gain = result.images_per_s - best_score.images_per_s
-                won = gain > max(MIN_GAIN * best_score.images_per_s, noise)
+                won = beats(result, best_score, noise)
                 progress(f"  {knob.name}={value}: {result.images_per_s:.1f} img/s, p99 {result.p99_ms:.1f} ms"
                          + ("  <- best" if won else ""))
                 if won:
@@ -197,9 +211,9 @@ class Candidates:
         from google.protobuf import json_format
 
         for model, config in candidate_configs(self.bundle, candidate).items():
-            edited = dataclasses.replace(self.bundle, **{
-                "classifier_config" if model == self.bundle.classifier.model_name else "preprocess_config": config})
-            served = json_format.MessageToDict(flavor_config(edited, model, self.flavor), preserving_proto_field_name=True)
+            # The gpu flavor serves the committed configs themselves; the others, what the build derives.
+            derived = config if self.flavor == GPU else flavor_config(self.bundle.with_config(model, config), model, self.flavor)
+            served = json_format.MessageToDict(derived, preserving_proto_field_name=True)
             if self.loaded.get(model) != served:
                 self.server.load(model, served)
                 self.loaded[model] = served
@@ -268,10 +282,20 @@ class Outcome:
                 f"points={self.points} seconds={self.seconds:.0f}")
 
 
-def tune(server, bundle: Bundle, images: Sequence[bytes], output: Path, flavor: str = LOCAL, p99_ms: float | None = None,
-         seconds: float = 3.0, max_points: int = 24, repeats: int = 2, model_label: str = "demo",
-         progress: Callable[[str], None] = print) -> Outcome:
-    """Search on `server` (running in explicit model control), then write the report and the patch to `output`."""
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A running server to tune (`serve.LocalServer` has the same three attributes)."""
+
+    http_url: str
+    grpc_url: str
+    admin_key: str | None
+
+
+def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, flavor: str = LOCAL,
+         p99_ms: float | None = None, seconds: float = 3.0, max_points: int = 24, repeats: int = 2,
+         model_label: str = "demo", progress: Callable[[str], None] = print) -> Outcome:
+    """Search on `server` (serving `bundle` as `flavor`, in explicit model control), then write the report and
+    the patch to `output`. The server is left with the committed configs loaded."""
     from client.images import PreparedImage
     from loadtest.loop import closed_loop
 
@@ -280,6 +304,7 @@ def tune(server, bundle: Bundle, images: Sequence[bytes], output: Path, flavor: 
     prepared = [PreparedImage(f"#{i}", data, "JPEG", 0, 0) for i, data in enumerate(images)]
     admin = LiveServer(server.http_url, server.admin_key)
     live = Candidates(admin, bundle, flavor)
+    knobs = knobs_for(flavor)
 
     def run(concurrency: int, run_seconds: float):
         return closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, concurrency, run_seconds)
@@ -288,7 +313,8 @@ def tune(server, bundle: Bundle, images: Sequence[bytes], output: Path, flavor: 
         return sorted(latencies)[int(0.99 * (len(latencies) - 1))] if latencies else float("inf")
 
     try:
-        baseline = current_values(bundle)
+        admin.check()
+        baseline = current_values(bundle, knobs)
         live.load(baseline)
         run(2, 1.0)  # warm the connections and the models
         budget = p99_ms or BUDGET_FACTOR * p99(run(1, seconds).latencies_ms)
@@ -310,12 +336,15 @@ def tune(server, bundle: Bundle, images: Sequence[bytes], output: Path, flavor: 
                  f"(noise margin {noise:.1f})")
         # The slower baseline run stands for the baseline: a candidate must beat that by more than the noise.
         baseline_score = min(baselines, key=lambda b: b.images_per_s)
-        best, best_score, tried = search(KNOBS, baseline, measure, noise, max_points, progress, baseline_score)
+        best, best_score, tried = search(knobs, baseline, measure, noise, max_points, progress, baseline_score)
         if best != baseline:  # the winner, measured again: a lucky run must not decide alone
             again = measure(best)
             progress(f"winner measured again: {again.images_per_s:.1f} img/s, p99 {again.p99_ms:.1f} ms")
             tried.append((best, again))
             best_score = min((best_score, again), key=lambda s: s.images_per_s)
+            if not beats(best_score, baseline_score, noise):
+                progress("the winner did not beat the baseline again: the committed values stay")
+                best, best_score = dict(baseline), baseline_score
         live.load(baseline)  # the server as it was
     finally:
         admin.close()

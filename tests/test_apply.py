@@ -170,13 +170,14 @@ def test_a_preprocessing_change_is_rebuilt_and_goes_live_with_no_failed_request(
 def test_a_change_that_fails_to_load_is_rolled_back_with_no_failed_request(project):
     layout, server = project
     previous = model_digests(layout.flavor(LOCAL))
+    served_threads = live_config(server, "classifier")["parameters"]["intra_op_thread_count"]["string_value"]
     # A typo Triton only finds when the model loads: the thread count is not a number.
     edit(layout, "classifier", lambda c: c.parameters["intra_op_thread_count"].__setattr__("string_value", "1O"))
     run = apply_under_load(layout, server)
     assert run.done.returncode == 3, run.done.stderr
     record = outcome(run.done)
     assert record["result"] == "rolled-back" and "classifier failed to load" in record["reason"]
-    assert live_config(server, "classifier")["parameters"]["intra_op_thread_count"]["string_value"] == "1"
+    assert live_config(server, "classifier")["parameters"]["intra_op_thread_count"]["string_value"] == served_threads
     assert model_digests(layout.flavor(LOCAL)) == previous, "the previous files are back in place"
     assert diff_live(layout.flavor(LOCAL), server.http_url, server.admin_headers) == []
     run.assert_no_request_failed()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scripts import bench
+from scripts import bench, demo
 from scripts.config import load_bundle, read_config
 from scripts.constants import CONFIG_FILENAME, LOCAL
 from scripts.validate import validate
@@ -28,14 +28,14 @@ def test_no_batching_variant_only_drops_dynamic_batching(built, bundle, tmp_path
     assert validate(variant, require_artifacts=True).ok(strict=True)
 
 
-def test_realistic_jpegs_are_640_by_480():
+def test_camera_frames_are_640_by_480():
     import io
 
     from PIL import Image
 
-    images = bench.realistic_jpegs(3)
+    images = demo.camera_frames(3)
     assert len(set(images)) == 3
-    assert all(Image.open(io.BytesIO(data)).size == bench.IMAGE_SIZE for data in images)
+    assert all(Image.open(io.BytesIO(data)).size == demo.CAMERA_FRAME for data in images)
 
 
 def test_no_check_variant_hands_the_images_straight_to_the_preprocessing(built, bundle, tmp_path):
@@ -44,3 +44,23 @@ def test_no_check_variant_hands_the_images_straight_to_the_preprocessing(built, 
     assert unchecked.check is None and not (variant / bundle.check.model_name).exists()
     assert set(unchecked.configs) == set(bundle.configs) - {bundle.check.model_name}
     assert validate(variant, require_artifacts=True).ok(strict=True)
+
+
+def _rows(model: str, flavor: str, inprocess: tuple[float, ...], served: tuple[float, ...]) -> list[bench.Row]:
+    rows = [bench.Row(model, "-", "in-process", "-", batch, rate, 1.0, 1.0, 1.0)
+            for batch, rate in zip((1, 8, 32), inprocess, strict=True)]
+    for mode in ("served", "served, no check"):
+        rows += [bench.Row(model, flavor, mode, "grpc", concurrency, rate * (1.25 if "check" in mode else 1.0), 2.0, 2.0, 2.0)
+                 for concurrency, rate in zip((1, 4, 16), served, strict=True)]
+    return rows
+
+
+def test_summary_reports_each_models_best_served_over_best_in_process_rate():
+    rows = (_rows("demo", LOCAL, (100, 300, 400), (150, 340, 320))
+            + _rows(bench.RESNET50, LOCAL, (20, 24, 22), (12, 21, 18)))
+    line = bench.summary(rows, [LOCAL], build_s=30.0)
+    fields = dict(field.split("=") for field in line.removeprefix("summary: ").split())
+    assert fields["served_vs_inprocess"] == "0.85"  # 340 / 400
+    assert fields["served_vs_inprocess_resnet50"] == "0.88"  # 21 / 24
+    assert fields["batching_gain"] == f"{320 / 150:.2f}" and fields["check_cost_pct"] == "20.0"
+    assert "served_vs_inprocess_resnet50" not in bench.summary(_rows("demo", LOCAL, (1, 2, 3), (1, 2, 3)), [LOCAL], 1.0)

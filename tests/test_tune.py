@@ -117,3 +117,59 @@ def test_a_candidate_is_loaded_on_the_live_server_without_a_restart(built, bundl
         finally:
             live.close()
         assert server.process.pid == pid and server.process.poll() is None
+
+
+def test_knobs_are_only_those_the_flavors_backend_takes():
+    names = {flavor: {knob.name for knob in tune.knobs_for(flavor)} for flavor in ("gpu", "cpu", "local")}
+    assert "classifier.intra_op_threads" not in names["gpu"], "TensorRT has no ONNX Runtime threads"
+    assert "classifier.intra_op_threads" in names["cpu"] & names["local"]
+    assert "preprocess.max_queue_delay_us" not in names["cpu"], "the cpu flavor's DALI step does not batch"
+    assert "preprocess.num_threads" in names["gpu"] & names["cpu"] & names["local"]
+
+
+def test_a_winner_that_does_not_hold_up_when_measured_again_is_not_recommended():
+    def score_of(rate):
+        return tune.score([tune.Point({}, 4, rate, 10.0, 0)], budget_ms=20.0)
+
+    assert tune.beats(score_of(120.0), score_of(100.0), noise=5.0)
+    assert not tune.beats(score_of(102.0), score_of(100.0), noise=0.0), "under MIN_GAIN"
+    assert not tune.beats(score_of(110.0), score_of(100.0), noise=12.0), "within the noise"
+
+
+@pytest.mark.integration
+def test_tune_cli_against_a_running_server_by_url_leaves_it_serving_the_committed_configs(built, bundle, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from scripts.live import LiveServer
+    from scripts.repository import flavor_config
+    from scripts.serve import local_server
+
+    def tune_cli(server, *extra):
+        return subprocess.run(
+            [sys.executable, "-m", "scripts", "tune", "--url", server.http_url, "--grpc-url", server.grpc_url,
+             "--admin-key", server.admin_key, "--flavor", "local", "--build-dir", str(tmp_path / "build"),
+             "--images", "8", "--seconds", "0.5", "--repeats", "1", "--max-points", "2", *extra],
+            capture_output=True, text=True, timeout=300)
+
+    with local_server(built, log_path=tmp_path / "server.log", model_control="explicit") as server:
+        pid = server.process.pid
+        done = tune_cli(server, "--json")
+        assert done.returncode == 0, done.stderr
+        outcome = json.loads(done.stdout)
+        assert outcome["line"].startswith("tune: model=demo baseline_img_s=")
+        assert "preprocess.num_threads" in done.stderr or "classifier.instances=" in done.stderr, "candidates were tried"
+        assert (tmp_path / "build" / "tune" / "points.csv").read_text().count("\n") > 4
+        assert server.process.pid == pid and server.process.poll() is None
+        live = LiveServer(server.http_url, server.admin_key)
+        try:
+            classifier = live.config(bundle.classifier.model_name)
+        finally:
+            live.close()
+        committed = flavor_config(bundle, bundle.classifier.model_name, "local")
+        assert classifier["instance_group"][0]["count"] == committed.instance_group[0].count, "left as committed"
+
+    with local_server(built, log_path=tmp_path / "static.log") as server:  # model control "none"
+        done = tune_cli(server)
+        assert done.returncode == 1 and "does not load models on request" in done.stderr, done.stderr

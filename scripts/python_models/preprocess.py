@@ -47,8 +47,11 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.serialized = (Path(args["model_repository"]) / args["model_version"] / DALI_PIPELINE).read_bytes()
-        # The build serialized the pipeline with the config's max_batch_size and num_threads.
-        self.pipeline = synchronous_pipeline(self.serialized)
+        # The build serialized the pipeline with the config's max_batch_size and num_threads; like the DALI
+        # backend, the config's num_threads at load time wins, so a reload with a new value takes it.
+        threads = config.get("parameters", {}).get("num_threads", {}).get("string_value")
+        self.num_threads = int(threads) if threads else None
+        self.pipeline = synchronous_pipeline(self.serialized, num_threads=self.num_threads)
         self.batch_size = self.pipeline.max_batch_size
 
     def _run(self, samples):
@@ -61,7 +64,7 @@ class TritonPythonModel:
                 (batch,) = self.pipeline.run()
             except Exception:
                 # After an error the DALI pipeline object is unusable.
-                self.pipeline = synchronous_pipeline(self.serialized)
+                self.pipeline = synchronous_pipeline(self.serialized, num_threads=self.num_threads)
                 raise
             outputs.append(batch.as_array())
         return np.concatenate(outputs)
