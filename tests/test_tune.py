@@ -5,6 +5,7 @@ on a real local server is `make tune`, whose figures are in docs/performance.md.
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
@@ -96,6 +97,23 @@ def test_an_invalid_candidate_is_refused_before_anything_is_written(tmp_path):
     assert (repository / "classifier" / "config.pbtxt").read_text() == (REPOSITORY / "classifier" / "config.pbtxt").read_text()
 
 
+def preprocess_threads(server_pid: int) -> int:
+    """Threads of the server's preprocessing python-backend stubs (one process per instance)."""
+    from pathlib import Path
+
+    from scripts.process_stats import tree
+
+    total = 0
+    for pid in tree(server_pid):
+        try:
+            if b"/preprocess/1/model.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                status = Path(f"/proc/{pid}/status").read_text()
+                total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+        except OSError:
+            continue
+    return total
+
+
 @pytest.mark.integration
 def test_a_candidate_is_loaded_on_the_live_server_without_a_restart(built, bundle, tmp_path, heldout):
     from client import ImageClassifierClient
@@ -107,11 +125,20 @@ def test_a_candidate_is_loaded_on_the_live_server_without_a_restart(built, bundl
         live = LiveServer(server.http_url, server.admin_key)
         candidates = tune.Candidates(live, bundle)
         try:
-            candidates.load({"classifier.instances": 2, "classifier.max_queue_delay_us": 1000})
+            threads_before = preprocess_threads(server.process.pid)
+            candidates.load({"classifier.instances": 2, "classifier.max_queue_delay_us": 1000,
+                             "preprocess.num_threads": bundle.preprocess.num_threads + 2})
             config = live.config(bundle.classifier.model_name)
             assert config["instance_group"][0]["count"] == 2
             assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
             assert config["backend"] == "python", "the candidate is derived for the served flavor, as the build does"
+            instances = bundle.preprocess_config.instance_group[0].count
+            expected = threads_before + 2 * instances
+            deadline = time.monotonic() + 30  # the replaced instances' stubs exit after the new ones are ready
+            while preprocess_threads(server.process.pid) != expected and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert preprocess_threads(server.process.pid) == expected, \
+                "each preprocessing instance's DALI pipeline runs the loaded config's num_threads"
             with ImageClassifierClient(server.grpc_url) as client:
                 assert all(r.ok for r in client.classify([p.read_bytes() for _, p in heldout[:8]], top_k=1))
         finally:
@@ -173,3 +200,29 @@ def test_tune_cli_against_a_running_server_by_url_leaves_it_serving_the_committe
     with local_server(built, log_path=tmp_path / "static.log") as server:  # model control "none"
         done = tune_cli(server)
         assert done.returncode == 1 and "does not load models on request" in done.stderr, done.stderr
+
+
+def test_the_score_is_the_rate_at_the_budget_between_the_concurrencies_around_it():
+    points = [tune.Point({}, 4, 200.0, 10.0, 0), tune.Point({}, 8, 300.0, 20.0, 0), tune.Point({}, 16, 400.0, 40.0, 0)]
+    assert tune.score(points, budget_ms=30.0).images_per_s == pytest.approx(350.0), "halfway from 20 to 40 ms"
+    assert tune.score(points, budget_ms=40.0).images_per_s == 400.0
+    assert tune.score(points, budget_ms=20.0).images_per_s == 300.0
+    failing = [*points[:2], tune.Point({}, 16, 400.0, 40.0, 2)]
+    assert tune.score(failing, budget_ms=30.0).images_per_s == 300.0, "a point with failures gives no credit"
+
+
+def test_the_winner_must_win_every_alternating_round():
+    def runs(*rates):
+        return [tune.score([tune.Point({}, 8, rate, 10.0, 0)], budget_ms=20.0) for rate in rates]
+
+    order = []
+
+    def measure(candidate):
+        order.append(candidate["classifier.instances"])
+        return runs(100.0 + 10 * candidate["classifier.instances"])[0]
+
+    base, best = tune.confirm(measure, {"classifier.instances": 1}, {"classifier.instances": 2}, 3, progress=lambda m: None)
+    assert order == [1, 2, 1, 2, 1, 2], "measured alternately"
+    assert tune.confirmed(base, best)
+    assert not tune.confirmed(runs(100, 100, 100), runs(130, 95, 130)), "one lost round"
+    assert not tune.confirmed(runs(100, 100, 100), runs(101, 101, 101)), "under MIN_GAIN"
