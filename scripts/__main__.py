@@ -480,8 +480,10 @@ def _tune(args: argparse.Namespace) -> int:
         write_edits(outcome.changes)
     diff = unified_diff(outcome.changes, layout.project)
     if args.json:
-        print(json.dumps({"line": outcome.line(), "best": outcome.best_candidate, "diff": diff}, default=str))
+        print(json.dumps({"line": outcome.line(), "best": outcome.best_candidate, "tried": outcome.rows(), "diff": diff},
+                         default=str))
     else:
+        print(outcome.table())
         print(diff or "the committed values are the best found: no patch")
         print(f"wrote {layout.tune / 'points.csv'}, {layout.tune / 'tune.png'}, {layout.tune / 'recommended.diff'}"
               + (" and applied it" if args.write and outcome.changes else ""))

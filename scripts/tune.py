@@ -87,6 +87,7 @@ KNOBS = (
     Knob("preprocess.instances", (1, 2), _instances),
     # The cpu flavor's DALI step runs one request per execution (repository._unbatched_dali): no queue delay.
     Knob("preprocess.max_queue_delay_us", (0, 100, 1000), _queue_delay, (GPU, LOCAL)),
+    Knob("preprocess.preferred_batch_size", ((), (4,), (8,)), _preferred, (GPU, LOCAL)),
     Knob("preprocess.num_threads", (1, 2, 4), _parameter("num_threads")),
 )
 
@@ -315,6 +316,21 @@ class Outcome:
     seconds: float
     changes: Edits  # the committed configs, edited to the winner's values
     noise: float
+    committed: dict  # the knobs' committed values
+    tried: tuple[tuple[dict, Score], ...]
+
+    def rows(self) -> list[dict]:
+        """One row per run of a candidate: what it changes from the committed values, its score."""
+        return [{"changes": {k: v for k, v in candidate.items() if self.committed.get(k) != v},
+                 "images_per_s": round(result.images_per_s, 1), "p99_ms": round(result.p99_ms, 1),
+                 "concurrency": result.concurrency} for candidate, result in self.tried]
+
+    def table(self) -> str:
+        lines = [f"{'candidate (changes from the committed values)':<56} {'img/s':>7} {'p99 ms':>7} {'clients':>7}"]
+        for row in self.rows():
+            changes = ", ".join(f"{k}={v}" for k, v in row["changes"].items()) or "committed values"
+            lines.append(f"{changes:<56} {row['images_per_s']:>7.1f} {row['p99_ms']:>7.1f} {row['concurrency']:>7}")
+        return "\n".join(lines)
 
     def line(self) -> str:
         return (f"tune: model={self.model} baseline_img_s={self.baseline.images_per_s:.1f} "
@@ -379,8 +395,10 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
         if best != baseline:
             base_runs, best_runs = confirm(measure, baseline, best, max(repeats, CONFIRM_ROUNDS), progress)
             tried += [(dict(baseline), b) for b in base_runs] + [(dict(best), b) for b in best_runs]
+            # The rounds, measured side by side, are what the summary reports.
+            baseline_score = mean_score(base_runs)
             if confirmed(base_runs, best_runs):
-                baseline_score, best_score = mean_score(base_runs), mean_score(best_runs)
+                best_score = mean_score(best_runs)
             else:
                 progress("the winner did not beat the committed values in every round: they stay")
                 best, best_score = dict(baseline), baseline_score
@@ -391,4 +409,4 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
     changes = patch(bundle, {k: v for k, v in best.items() if v != baseline.get(k)})
     (output / "recommended.diff").write_text(unified_diff(changes, bundle.root.parent))
     return Outcome(model_label, baseline_score, best_score, best, budget, sum(len(s.points) for _, s in tried),
-                   time.monotonic() - started, changes, noise)
+                   time.monotonic() - started, changes, noise, baseline, tuple(tried))

@@ -186,6 +186,7 @@ def test_tune_cli_against_a_running_server_by_url_leaves_it_serving_the_committe
         assert done.returncode == 0, done.stderr
         outcome = json.loads(done.stdout)
         assert outcome["line"].startswith("tune: model=demo baseline_img_s=")
+        assert outcome["tried"][0]["changes"] == {} and any(row["changes"] for row in outcome["tried"])
         assert "preprocess.num_threads" in done.stderr or "classifier.instances=" in done.stderr, "candidates were tried"
         assert (tmp_path / "build" / "tune" / "points.csv").read_text().count("\n") > 4
         assert server.process.pid == pid and server.process.poll() is None
