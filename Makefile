@@ -89,7 +89,7 @@ verify: $(HOST_TOOLS)  ## after `docker compose up` (or `make serve FLAVOR=...`)
 	$(PY) -m scripts verify $(if $(filter command line,$(origin FLAVOR)),--flavor $(FLAVOR)) $(ARGS)
 
 compose-config:  ## validate docker-compose.yml for every profile, offline
-	for p in gpu cpu gpu,verify gpu,loadtest gpu,apply gpu,monitoring cpu,monitoring; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
+	for p in gpu cpu gpu,verify gpu,loadtest gpu,apply gpu,tune gpu,monitoring cpu,monitoring; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
 
 clean:  ## remove build outputs (not the venv, nor the record of the adopted model)
 	find build -mindepth 1 -maxdepth 1 ! -name adopted.json -exec rm -rf {} + 2>/dev/null || true

@@ -17,6 +17,7 @@ import argparse
 import csv
 import dataclasses
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from scripts.dali_runner import synchronous_pipeline
 from scripts.layout import Layout
 from scripts.serve import LocalServer, local_server
 
+PAIRED_IN_PROCESS, PAIRED_SERVED = "in-process, paired", "served, paired"  # the modes of paired()'s rows
 RESNET50 = "resnet50"  # the compute-bound model's name in the results
 RESNET_LABELS = 1000
 RESNET_SIZE = 224
@@ -43,7 +45,7 @@ RESNET_SIZE = 224
 class Row:
     model: str
     flavor: str  # "local", "cpu"; "-" in process
-    mode: str  # "in-process", "served", "served, no batching"
+    mode: str  # "in-process", "served", "served, no batching", "served, no check", or paired (PAIRED_*)
     protocol: str
     concurrency: int  # batch size for in-process
     images_per_s: float
@@ -51,6 +53,7 @@ class Row:
     p95_ms: float
     p99_ms: float
     failures: int = 0
+    round: int = 0  # the round of a paired measurement (0: a sweep)
 
 
 def percentiles(latencies_ms: list[float]) -> tuple[float, float, float]:
@@ -59,25 +62,40 @@ def percentiles(latencies_ms: list[float]) -> tuple[float, float, float]:
 
 
 # -- 1. in process -------------------------------------------------------------------------------
-def in_process(model: str, layout: Layout, images: list[bytes], seconds: float) -> list[Row]:
-    """The served computation without a server: DALI (CPU) + ONNX Runtime, batch by batch."""
-    import onnxruntime as ort
+class InProcess:
+    """The served computation without a server: DALI (CPU) + ONNX Runtime in this process, batch by batch."""
 
-    spec = load_bundle(layout.repository)
-    session = ort.InferenceSession(str(layout.onnx), providers=["CPUExecutionProvider"])
-    rows = []
-    for batch in (1, 8, spec.preprocess.max_batch_size):
-        pipeline = synchronous_pipeline(layout.dali_cpu.read_bytes(), batch)
+    def __init__(self, layout: Layout, images: list[bytes]):
+        import onnxruntime as ort
+
+        self.spec = load_bundle(layout.repository)
+        self.session = ort.InferenceSession(str(layout.onnx), providers=["CPUExecutionProvider"])
+        self.serialized, self.images, self.pipelines = layout.dali_cpu.read_bytes(), images, {}
+
+    def batch_sizes(self) -> tuple[int, ...]:
+        return (1, 8, self.spec.preprocess.max_batch_size)
+
+    def run(self, batch: int, seconds: float) -> tuple[float, list[float]]:
+        """Images/s and the latency (ms) of each batch, for `seconds`."""
+        if batch not in self.pipelines:
+            self.pipelines[batch] = synchronous_pipeline(self.serialized, batch)
+        pipeline, spec = self.pipelines[batch], self.spec
         latencies, done, start = [], 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            chunk = [np.frombuffer(images[(done + i) % len(images)], np.uint8) for i in range(batch)]
+            chunk = [np.frombuffer(self.images[(done + i) % len(self.images)], np.uint8) for i in range(batch)]
             began = time.perf_counter()
             pipeline.feed_input(spec.preprocess.input_name, chunk)
             (pixels,) = pipeline.run()
-            session.run([spec.classifier.output_name], {spec.classifier.input_name: pixels.as_array()})
+            self.session.run([spec.classifier.output_name], {spec.classifier.input_name: pixels.as_array()})
             latencies.append((time.perf_counter() - began) * 1000)
             done += batch
-        rate = done / (time.perf_counter() - start)
+        return done / (time.perf_counter() - start), latencies
+
+
+def in_process(model: str, runner: InProcess, seconds: float) -> list[Row]:
+    rows = []
+    for batch in runner.batch_sizes():
+        rate, latencies = runner.run(batch, seconds)
         rows.append(Row(model, "-", "in-process", "-", batch, rate, *percentiles(latencies)))
     return rows
 
@@ -118,6 +136,28 @@ def served(model: str, flavor: str, serving: Layout, repo: Path, images: list[by
                                 run.failures))
         costs = stage_costs(server, [name for name in bundle.configs if name != bundle.ensemble.name] + [bundle.ensemble.name])
     return rows, costs
+
+
+def paired(model: str, runner: InProcess, serving: Layout, repo: Path, batch: int, concurrency: int, seconds: float,
+           rounds: int) -> list[Row]:
+    """The best in-process batch and the best served concurrency (gRPC), measured alternately `rounds` times with
+    the server up: a slow spell of this shared machine then hits both sides of a round alike, which the sweeps,
+    minutes apart, cannot promise. The summary's served-vs-in-process ratios are the median of these rounds."""
+    from client.images import PreparedImage
+
+    bundle = load_bundle(repo)
+    names = (bundle.check.input_name if bundle.check else bundle.preprocess.input_name, bundle.classifier.output_name)
+    prepared = [PreparedImage(f"#{i}", data, "JPEG", *demo.CAMERA_FRAME) for i, data in enumerate(runner.images)]
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch, local_server(serving, repo, log_path=Path(scratch) / "server.log") as server:
+        closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, 2, 1.0)  # warm the connections
+        for round_ in range(1, rounds + 1):
+            rate, latencies = runner.run(batch, seconds)
+            rows.append(Row(model, "-", PAIRED_IN_PROCESS, "-", batch, rate, *percentiles(latencies), round=round_))
+            run = closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, concurrency, seconds)
+            rows.append(Row(model, LOCAL, PAIRED_SERVED, "grpc", concurrency, run.requests_per_s,
+                            *percentiles(run.latencies_ms), run.failures, round=round_))
+    return rows
 
 
 def without_batching(source: Path, target: Path) -> Path:
@@ -234,7 +274,7 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in sorted({(r.model, r.flavor, r.mode, r.protocol) for r in rows if r.mode != "in-process"}):
+    for key in sorted({(r.model, r.flavor, r.mode, r.protocol) for r in rows if r.round == 0 and r.mode != "in-process"}):
         points = sorted((r.concurrency, r.images_per_s, r.p95_ms) for r in rows if (r.model, r.flavor, r.mode, r.protocol) == key)
         label = f"{key[0]} {key[1]} {key[3]}" + (" (no batching)" if "no batching" in key[2] else "")
         throughput.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
@@ -252,7 +292,8 @@ def plot(rows: list[Row], path: Path) -> None:
 
 def summary(rows: list[Row], flavors: list[str], build_s: float) -> str:
     """The one-line summary. Its figures are the local flavor's (comparable across runs and machines), cpu beside
-    it; the served rate of a model is its best over gRPC concurrencies, its in-process rate the best batch size."""
+    it. Served vs in-process: the median ratio of the paired rounds where they were measured, else the best served
+    rate (gRPC) over the best in-process rate of the sweeps."""
     main_flavor = LOCAL if LOCAL in flavors else flavors[0]
 
     def pick(mode, protocol, concurrency=None, model=DEMO_MODEL, flavor=main_flavor):
@@ -260,6 +301,11 @@ def summary(rows: list[Row], flavors: list[str], build_s: float) -> str:
                 and r.flavor in (flavor, "-") and (concurrency is None or r.concurrency == concurrency)]
 
     def served_vs_inprocess(model: str) -> float:
+        rounds = zip(pick(PAIRED_IN_PROCESS, "-", model=model), pick(PAIRED_SERVED, "grpc", model=model, flavor=LOCAL),
+                     strict=True)
+        ratios = [served.images_per_s / alone.images_per_s for alone, served in rounds]
+        if ratios:
+            return statistics.median(ratios)
         return (max(r.images_per_s for r in pick("served", "grpc", model=model))
                 / max(r.images_per_s for r in pick("in-process", "-", model=model)))
 
@@ -287,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="default: %(default)s")
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement (default: %(default)s)")
     parser.add_argument("--images", type=int, default=64, help="distinct 640x480 JPEGs (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="paired rounds of the best in-process batch and the best served concurrency, for the "
+                             "summary's ratios (default: %(default)s; 0: ratios of the sweeps' best rates)")
     parser.add_argument("--skip-build-time", action="store_true", help="do not time a build from scratch")
     parser.add_argument("--models", nargs="+", choices=[DEMO_MODEL, RESNET50], default=[DEMO_MODEL, RESNET50],
                         help="default: both")
@@ -309,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     costs: dict[tuple[str, str], dict[str, float]] = {}
     for model, layout in layouts.items():
         progress(f"{model}: in process ...")
-        rows += in_process(model, layout, images, args.seconds)
+        runner = InProcess(layout, images)
+        rows += in_process(model, runner, args.seconds)
         for flavor in flavors:
             progress(f"{model}: served, {flavor} flavor ...")
             served_rows, costs[model, flavor] = served(model, flavor, serving, layout.flavor(flavor), images, args.concurrency,
@@ -323,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
             variant = without_image_check(layout.flavor(flavor), results / f"{model}-{flavor}-no-check")
             rows += served(model, flavor, serving, variant, images, args.concurrency, args.seconds, "served, no check",
                            ("grpc",))[0]
+        if LOCAL in flavors and args.rounds:
+            batch = max((r for r in rows if (r.model, r.mode) == (model, "in-process")), key=lambda r: r.images_per_s)
+            best = max((r for r in rows if (r.model, r.flavor, r.mode, r.protocol) == (model, LOCAL, "served", "grpc")),
+                       key=lambda r: r.images_per_s)
+            progress(f"{model}: in process (batch {batch.concurrency}) and served (local, {best.concurrency} clients), "
+                     f"alternately, {args.rounds} rounds ...")
+            rows += paired(model, runner, serving, layout.flavor(LOCAL), batch.concurrency, best.concurrency, args.seconds,
+                           args.rounds)
     build_s = float("nan") if args.skip_build_time else build_from_scratch()
 
     with open(results / "results.csv", "w", newline="") as handle:
@@ -331,10 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(dataclasses.asdict(r) for r in rows)
     plot(rows, results / "throughput_latency.png")
 
-    print(f"{'model':<9} {'flavor':<6} {'mode':<20} {'proto':<5} {'conc/batch':>10} {'images/s':>9} {'p50 ms':>8} "
+    print(f"{'model':<9} {'flavor':<6} {'mode (round)':<23} {'proto':<5} {'conc/batch':>10} {'images/s':>9} {'p50 ms':>8} "
           f"{'p95 ms':>8} {'p99 ms':>8} {'failed':>6}")
     for r in rows:
-        print(f"{r.model:<9} {r.flavor:<6} {r.mode:<20} {r.protocol:<5} {r.concurrency:>10} {r.images_per_s:>9.1f} "
+        mode = f"{r.mode} ({r.round})" if r.round else r.mode
+        print(f"{r.model:<9} {r.flavor:<6} {mode:<23} {r.protocol:<5} {r.concurrency:>10} {r.images_per_s:>9.1f} "
               f"{r.p50_ms:>8.2f} {r.p95_ms:>8.2f} {r.p99_ms:>8.2f} {r.failures:>6}")
     for (model, flavor), model_costs in costs.items():
         listed = ", ".join(f"{k} {v:.2f}" for k, v in model_costs.items())

@@ -158,7 +158,12 @@ class Bundle:
         if name == self.classifier.model_name:
             return dataclasses.replace(self, classifier_config=config,
                                        classifier=_classifier_spec(config, self.model_dir(name), path))
-        raise ValueError(f"{name} is not the preprocessing or the classifier of this bundle")
+        if self.check is not None and name == self.check.model_name:
+            check, problems = _parse_image_check(config)
+            if check is None:
+                raise ConfigError(path, "; ".join(str(p) for p in problems))
+            return dataclasses.replace(self, check_config=config, check=check)
+        raise ValueError(f"{name} is not a step of this bundle")
 
 
 def _read_named(root: Path, name: str) -> ModelConfig:

@@ -47,7 +47,7 @@ CONFIRM_ROUNDS = 3
 
 @dataclasses.dataclass(frozen=True)
 class Knob:
-    name: str  # "<role>.<what>", role: preprocess or classifier
+    name: str  # "<role>.<what>", role: check, preprocess or classifier
     values: tuple
     apply: Callable[[ModelConfig, object], None]
     flavors: tuple[str, ...] = FLAVORS  # where the served backend takes it
@@ -89,15 +89,19 @@ KNOBS = (
     Knob("preprocess.max_queue_delay_us", (0, 100, 1000), _queue_delay, (GPU, LOCAL)),
     Knob("preprocess.preferred_batch_size", ((), (4,), (8,)), _preferred, (GPU, LOCAL)),
     Knob("preprocess.num_threads", (1, 2, 4), _parameter("num_threads")),
+    Knob("check.instances", (1, 2, 3), _instances),
+    Knob("check.max_queue_delay_us", (0, 100), _queue_delay),
 )
 
 
-def knobs_for(flavor: str) -> tuple[Knob, ...]:
-    return tuple(knob for knob in KNOBS if flavor in knob.flavors)
+def knobs_for(flavor: str, bundle: Bundle) -> tuple[Knob, ...]:
+    return tuple(knob for knob in KNOBS if flavor in knob.flavors and model_of(bundle, knob.role))
 
 
-def model_of(bundle: Bundle, role: str) -> str:
-    return {"classifier": bundle.classifier.model_name, "preprocess": bundle.preprocess.model_name}[role]
+def model_of(bundle: Bundle, role: str) -> str | None:
+    """The model of a step: preprocess, classifier, check (None: a bundle without the image check)."""
+    return {"classifier": bundle.classifier.model_name, "preprocess": bundle.preprocess.model_name,
+            "check": bundle.check.model_name if bundle.check else None}[role]
 
 
 def candidate_configs(bundle: Bundle, candidate: dict[str, object], knobs: Sequence[Knob] = KNOBS) -> dict[str, ModelConfig]:
@@ -224,7 +228,7 @@ def search(knobs: Sequence[Knob], baseline: dict[str, object], measure: Callable
     return best, best_score, tried
 
 
-def current_values(bundle: Bundle, knobs: Sequence[Knob] = KNOBS) -> dict[str, object]:
+def current_values(bundle: Bundle, knobs: Sequence[Knob]) -> dict[str, object]:
     """What the committed configs set for each knob (the baseline)."""
     values: dict[str, object] = {}
     for knob in knobs:
@@ -360,7 +364,7 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
     prepared = [PreparedImage(f"#{i}", data, "JPEG", 0, 0) for i, data in enumerate(images)]
     admin = LiveServer(server.http_url, server.admin_key)
     live = Candidates(admin, bundle, flavor)
-    knobs = knobs_for(flavor)
+    knobs = knobs_for(flavor, bundle)
 
     def run(concurrency: int, run_seconds: float):
         return closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, concurrency, run_seconds)

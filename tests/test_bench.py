@@ -64,3 +64,13 @@ def test_summary_reports_each_models_best_served_over_best_in_process_rate():
     assert fields["served_vs_inprocess_resnet50"] == "0.88"  # 21 / 24
     assert fields["batching_gain"] == f"{320 / 150:.2f}" and fields["check_cost_pct"] == "20.0"
     assert "served_vs_inprocess_resnet50" not in bench.summary(_rows("demo", LOCAL, (1, 2, 3), (1, 2, 3)), [LOCAL], 1.0)
+
+
+def test_summary_takes_the_median_of_the_paired_rounds_where_they_were_measured():
+    rows = _rows("demo", LOCAL, (100, 300, 400), (150, 340, 320))
+    for round_, (alone, served) in enumerate(((400, 320), (300, 270), (500, 430)), start=1):  # 0.80, 0.90, 0.86
+        rows += [bench.Row("demo", "-", bench.PAIRED_IN_PROCESS, "-", 32, alone, 1.0, 1.0, 1.0, round=round_),
+                 bench.Row("demo", LOCAL, bench.PAIRED_SERVED, "grpc", 16, served, 2.0, 2.0, 2.0, round=round_)]
+    fields = dict(field.split("=") for field in bench.summary(rows, [LOCAL], 1.0).removeprefix("summary: ").split())
+    assert fields["served_vs_inprocess"] == "0.86"
+    assert fields["batching_gain"] == f"{320 / 150:.2f}", "the paired rows stay out of the sweep's figures"

@@ -25,6 +25,7 @@ from scripts.serve import RESTRICTED_APIS
 
 PROFILES = {"gpu": {"builder", "triton"}, "cpu": {"builder-cpu", "triton-cpu"}, "gpu,verify": {"builder", "triton", "verify"},
             "gpu,loadtest": {"builder", "triton", "locust-master", "locust-worker"}, "gpu,apply": {"builder", "triton", "apply"},
+            "gpu,tune": {"builder", "triton", "tune"},
             "gpu,monitoring": {"builder", "triton", "prometheus", "grafana"},
             "cpu,monitoring": {"builder-cpu", "triton-cpu", "prometheus", "grafana"}}
 
@@ -263,16 +264,18 @@ def test_gpu_deployment_classifies_heldout_images(heldout):
     assert accuracy >= MIN_DEMO_ACCURACY
 
 
-def test_apply_reaches_the_server_with_the_key_from_the_secret_never_the_environment():
-    services = rendered("gpu,apply", TRITON_MODEL_CONTROL_MODE="explicit")["services"]
-    apply, triton = services["apply"], services["triton"]
+@pytest.mark.parametrize("tool", ["apply", "tune"])
+def test_admin_tools_reach_the_server_with_the_key_from_the_secret_never_the_environment(tool):
+    services = rendered(f"gpu,{tool}", TRITON_MODEL_CONTROL_MODE="explicit")["services"]
+    service, triton = services[tool], services["triton"]
     assert triton["environment"]["TRITON_MODEL_CONTROL_MODE"] == "explicit"
-    assert apply["depends_on"]["triton"]["condition"] == "service_healthy"
-    assert [s["source"] for s in apply["secrets"]] == ["triton_admin_key"]
-    assert apply["environment"][ADMIN_KEY_FILE_ENV] == "/run/secrets/triton_admin_key"
-    assert ADMIN_KEY_ENV not in apply["environment"]
-    assert apply["command"][:4] == ["python", "-m", "scripts", "apply"] and "triton:8000" in apply["command"]
-    assert "deploy" not in apply, "apply needs no GPU"
+    assert service["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert [s["source"] for s in service["secrets"]] == ["triton_admin_key"]
+    assert service["environment"][ADMIN_KEY_FILE_ENV] == "/run/secrets/triton_admin_key"
+    assert ADMIN_KEY_ENV not in service["environment"]
+    assert service["command"][:4] == ["python", "-m", "scripts", tool] and "triton:8000" in service["command"]
+    assert service["command"][service["command"].index("--flavor") + 1] == "gpu"
+    assert "deploy" not in service, f"{tool} needs no GPU"
 
 
 def test_make_test_gpu_runs_every_gpu_test_against_the_live_server_and_none_skips_itself(tmp_path):

@@ -4,6 +4,7 @@ on a real local server is `make tune`, whose figures are in docs/performance.md.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 
@@ -64,10 +65,11 @@ def test_a_candidate_over_the_latency_budget_scores_nothing():
 
 
 def test_the_baseline_is_what_the_committed_configs_say(bundle):
-    values = tune.current_values(bundle)
+    values = tune.current_values(bundle, tune.knobs_for("local", bundle))
     assert values["classifier.instances"] == bundle.classifier_config.instance_group[0].count
     assert values["classifier.max_queue_delay_us"] == bundle.classifier_config.dynamic_batching.max_queue_delay_microseconds
     assert values["classifier.preferred_batch_size"] == ()
+    assert values["check.instances"] == bundle.check_config.instance_group[0].count
 
 
 def test_the_patch_edits_values_in_place_adds_a_field_and_keeps_every_comment(tmp_path):
@@ -146,12 +148,15 @@ def test_a_candidate_is_loaded_on_the_live_server_without_a_restart(built, bundl
         assert server.process.pid == pid and server.process.poll() is None
 
 
-def test_knobs_are_only_those_the_flavors_backend_takes():
-    names = {flavor: {knob.name for knob in tune.knobs_for(flavor)} for flavor in ("gpu", "cpu", "local")}
+def test_knobs_are_only_those_the_flavors_backend_takes(bundle):
+    names = {flavor: {knob.name for knob in tune.knobs_for(flavor, bundle)} for flavor in ("gpu", "cpu", "local")}
+    assert {"check.instances", "preprocess.instances", "classifier.instances"} <= names["gpu"] & names["cpu"] & names["local"]
     assert "classifier.intra_op_threads" not in names["gpu"], "TensorRT has no ONNX Runtime threads"
     assert "classifier.intra_op_threads" in names["cpu"] & names["local"]
     assert "preprocess.max_queue_delay_us" not in names["cpu"], "the cpu flavor's DALI step does not batch"
     assert "preprocess.num_threads" in names["gpu"] & names["cpu"] & names["local"]
+    unchecked = dataclasses.replace(bundle, check=None, check_config=None)
+    assert not [knob for knob in tune.knobs_for("local", unchecked) if knob.role == "check"]
 
 
 def test_a_winner_that_does_not_hold_up_when_measured_again_is_not_recommended():
