@@ -253,9 +253,16 @@ class Candidates:
         self.loaded: dict[str, dict] = {}
 
     def load(self, candidate: dict[str, object]) -> None:
+        self._load(candidate_configs(self.bundle, candidate))
+
+    def restore(self) -> None:
+        """Every model a candidate changed, back to its committed config."""
+        self._load({model: self.bundle.configs[model] for model in self.loaded})
+
+    def _load(self, configs: dict[str, ModelConfig]) -> None:
         from google.protobuf import json_format
 
-        for model, config in candidate_configs(self.bundle, candidate).items():
+        for model, config in configs.items():
             # The gpu flavor serves the committed configs themselves; the others, what the build derives.
             derived = config if self.flavor == GPU else flavor_config(self.bundle.with_config(model, config), model, self.flavor)
             served = json_format.MessageToDict(derived, preserving_proto_field_name=True)
@@ -353,9 +360,12 @@ class Target:
 
 def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, flavor: str = LOCAL,
          p99_ms: float | None = None, seconds: float = 3.0, max_points: int = 24, repeats: int = 2,
-         model_label: str = "demo", progress: Callable[[str], None] = print) -> Outcome:
-    """Search on `server` (serving `bundle` as `flavor`, in explicit model control), then write the report and
-    the patch to `output`. The server is left with the committed configs loaded."""
+         model_label: str = "demo", progress: Callable[[str], None] = print,
+         knobs: Sequence[Knob] | None = None) -> Outcome:
+    """Search `knobs` (default: the flavor's) on `server` (serving `bundle` as `flavor`, in explicit model
+    control), then write the report and the patch to `output`. The server is left with the committed configs."""
+    from tritonclient.utils import InferenceServerException
+
     from client.images import PreparedImage
     from loadtest.loop import closed_loop
 
@@ -364,7 +374,7 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
     prepared = [PreparedImage(f"#{i}", data, "JPEG", 0, 0) for i, data in enumerate(images)]
     admin = LiveServer(server.http_url, server.admin_key)
     live = Candidates(admin, bundle, flavor)
-    knobs = knobs_for(flavor, bundle)
+    knobs = knobs or knobs_for(flavor, bundle)
 
     def run(concurrency: int, run_seconds: float):
         return closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, concurrency, run_seconds)
@@ -381,7 +391,11 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
         progress(f"p99 budget: {budget:.1f} ms" + ("" if p99_ms else f" ({BUDGET_FACTOR:g} x the p99 at concurrency 1)"))
 
         def measure(candidate: dict) -> Score:
-            live.load(candidate)
+            try:
+                live.load(candidate)
+            except InferenceServerException as exc:  # e.g. more instances than the host can hold: not a fit
+                progress(f"  {candidate} did not load: {exc.message()}")
+                return Score(0.0, float("inf"), 0, ())
             run(2, 0.5)
             points = []
             for concurrency in CONCURRENCIES:
@@ -406,9 +420,11 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
             else:
                 progress("the winner did not beat the committed values in every round: they stay")
                 best, best_score = dict(baseline), baseline_score
-        live.load(baseline)  # the server as it was
     finally:
-        admin.close()
+        try:
+            live.restore()  # the server as it was, also after an error
+        finally:
+            admin.close()
     write_report(tried, best, budget, output)
     changes = patch(bundle, {k: v for k, v in best.items() if v != baseline.get(k)})
     (output / "recommended.diff").write_text(unified_diff(changes, bundle.root.parent))

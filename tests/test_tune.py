@@ -232,3 +232,30 @@ def test_the_winner_must_win_every_alternating_round():
     assert tune.confirmed(base, best)
     assert not tune.confirmed(runs(100, 100, 100), runs(130, 95, 130)), "one lost round"
     assert not tune.confirmed(runs(100, 100, 100), runs(101, 101, 101)), "under MIN_GAIN"
+
+
+@pytest.mark.integration
+def test_a_candidate_that_does_not_load_scores_nothing_and_the_server_keeps_the_committed_configs(built, bundle, tmp_path):
+    from client import ImageClassifierClient
+    from scripts import demo
+    from scripts.live import LiveServer
+    from scripts.serve import local_server
+
+    # A thread count that is not a number: the classifier fails to load with it (Triton keeps the old one).
+    knobs = (tune.Knob("classifier.intra_op_threads", ("1O",), tune._parameter("intra_op_thread_count")),)
+    with local_server(built, log_path=tmp_path / "server.log", model_control="explicit") as server:
+        messages = []
+        outcome = tune.tune(server, bundle, demo.camera_frames(8), tmp_path / "tune", seconds=0.3, repeats=1,
+                            max_points=4, progress=messages.append, knobs=knobs)
+        failed = [result for candidate, result in outcome.tried if candidate.get("classifier.intra_op_threads") == "1O"]
+        assert failed and failed[0].images_per_s == 0.0 and not failed[0].points
+        assert any("did not load" in message for message in messages)
+        assert outcome.best_candidate == tune.current_values(bundle, knobs) and not outcome.changes
+        live = LiveServer(server.http_url, server.admin_key)
+        try:
+            threads = live.config(bundle.classifier.model_name)["parameters"]["intra_op_thread_count"]["string_value"]
+        finally:
+            live.close()
+        assert threads == bundle.classifier_config.parameters["intra_op_thread_count"].string_value
+        with ImageClassifierClient(server.grpc_url) as client:
+            assert all(r.ok for r in client.classify(demo.camera_frames(4), top_k=1))
