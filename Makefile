@@ -63,8 +63,8 @@ loadtest-ceiling: build  ## how many req/s one Locust worker drives vs a plain t
 k8s-check: install  ## the Helm chart offline: helm lint, rendered (defaults and helm/triton-bundle/ci/*.yaml) into build/k8s, schema-validated
 	$(PY) -m scripts k8s-check
 
-tune: build  ## search the serving knobs on a live local server; build/tune/ gets points.csv, tune.png, recommended.diff (ARGS=--write applies it)
-	$(PY) -m scripts tune $(ARGS)
+tune: build $(if $(filter cpu,$(FLAVOR)),backends)  ## search the serving knobs on a live FLAVOR=local|cpu server; build/tune/ gets points.csv, tune.png, recommended.diff (ARGS=--write applies it)
+	$(PY) -m scripts tune $(if $(filter file,$(origin FLAVOR)),,--flavor $(FLAVOR)) $(ARGS)
 
 monitor: install  ## Prometheus here (apt-get install prometheus), scraping the local server of `make serve` with the bundle's rules
 	$(PY) -m scripts monitor $(ARGS)

@@ -439,6 +439,7 @@ def _k8s_check(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from scripts import demo, tune
+    from scripts.backends import BackendBuildError
     from scripts.build import Builder, model_choice
     from scripts.config import load_bundle
     from scripts.config_text import unified_diff, write_edits
@@ -467,13 +468,14 @@ def _tune(args: argparse.Namespace) -> int:
                 print(f"error: the {GPU} flavor runs on the GPU box: tune it there, or point --url at its server",
                       file=sys.stderr)
                 return EXIT_USAGE
-            Builder(layout, model=choice.model, code=choice.code, progress=lambda m: None).run((flavor,))
+            Builder(layout, model=choice.model, code=choice.code, progress=lambda m: None).run(
+                (flavor,), also=("backends",) if flavor == CPU else ())
             bundle = load_bundle(layout.repository)
             with local_server(layout, layout.flavor(flavor), log_path=layout.tune / "tritonserver.log",
                               model_control="explicit") as server:
                 outcome = tune.tune(server, bundle, images, layout.tune, flavor, args.p99_ms, args.seconds,
                                     args.max_points, args.repeats, label, progress)
-    except (ServerError, ConfigError, RuntimeError, Refused, Unreachable) as exc:
+    except (ServerError, ConfigError, RuntimeError, Refused, Unreachable, BackendBuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.write:
