@@ -117,14 +117,18 @@ def stage_costs(server: LocalServer, names: list[str]) -> dict[str, float]:
     return costs
 
 
+def camera_requests(images: list[bytes]):
+    """`demo.camera_frames` as the closed loop's prepared images."""
+    from client.images import PreparedImage
+
+    return [PreparedImage(f"#{i}", data, "JPEG", *demo.CAMERA_FRAME) for i, data in enumerate(images)]
+
+
 def served(model: str, flavor: str, serving: Layout, repo: Path, images: list[bytes], concurrencies: list[int],
            seconds: float, mode: str, protocols: tuple[str, ...]) -> tuple[list[Row], dict[str, float]]:
     """The ensemble of `repo` on a local server (`serving`'s backends), with the same loop for every flavor."""
-    from client.images import PreparedImage
-
     bundle = load_bundle(repo)
-    names = (bundle.preprocess.input_name, bundle.classifier.output_name)
-    prepared = [PreparedImage(f"#{i}", data, "JPEG", *demo.CAMERA_FRAME) for i, data in enumerate(images)]
+    names, prepared = bundle.ensemble_tensors, camera_requests(images)
     rows = []
     with tempfile.TemporaryDirectory() as scratch, local_server(serving, repo, log_path=Path(scratch) / "server.log") as server:
         for protocol in protocols:
@@ -143,11 +147,8 @@ def paired(model: str, runner: InProcess, serving: Layout, repo: Path, batch: in
     """The best in-process batch and the best served concurrency (gRPC), measured alternately `rounds` times with
     the server up: a slow spell of this shared machine then hits both sides of a round alike, which the sweeps,
     minutes apart, cannot promise. The summary's served-vs-in-process ratios are the median of these rounds."""
-    from client.images import PreparedImage
-
     bundle = load_bundle(repo)
-    names = (bundle.check.input_name if bundle.check else bundle.preprocess.input_name, bundle.classifier.output_name)
-    prepared = [PreparedImage(f"#{i}", data, "JPEG", *demo.CAMERA_FRAME) for i, data in enumerate(runner.images)]
+    names, prepared = bundle.ensemble_tensors, camera_requests(runner.images)
     rows = []
     with tempfile.TemporaryDirectory() as scratch, local_server(serving, repo, log_path=Path(scratch) / "server.log") as server:
         closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, 2, 1.0)  # warm the connections

@@ -150,6 +150,11 @@ class Bundle:
                 return (self.model_dir(model.name) / output.label_filename).resolve()
         return None
 
+    @property
+    def ensemble_tensors(self) -> tuple[str, str]:
+        """The ensemble's input (encoded images) and output (scores) tensor names: what a client sends and reads."""
+        return self.ensemble.input[0].name, self.ensemble.output[0].name
+
     def with_config(self, name: str, config: ModelConfig) -> Bundle:
         """This bundle with step `name`'s config replaced by `config`, its spec parsed from it again."""
         path = self.config_path(name)

@@ -280,7 +280,7 @@ def spread(values: Sequence[float]) -> float:
     return statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def write_report(tried: list[tuple[dict, Score]], best: dict, budget_ms: float, output: Path) -> tuple[Path, Path]:
+def write_report(tried: list[tuple[dict, Score]], budget_ms: float, output: Path) -> tuple[Path, Path]:
     """A CSV of every point, and a PNG of throughput against p99 with the frontier marked."""
     output.mkdir(parents=True, exist_ok=True)
     rows = [(json.dumps(candidate, sort_keys=True), p.concurrency, p.images_per_s, p.p99_ms, p.failures)
@@ -323,12 +323,15 @@ class Outcome:
     best: Score
     best_candidate: dict
     budget_ms: float
-    points: int
     seconds: float
     changes: Edits  # the committed configs, edited to the winner's values
-    noise: float
     committed: dict  # the knobs' committed values
     tried: tuple[tuple[dict, Score], ...]
+
+    @property
+    def points(self) -> int:
+        """Measured points (one candidate at one concurrency), over every run."""
+        return sum(len(result.points) for _, result in self.tried)
 
     def rows(self) -> list[dict]:
         """One row per run of a candidate: what it changes from the committed values, its score."""
@@ -370,7 +373,7 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
     from loadtest.loop import closed_loop
 
     started = time.monotonic()
-    names = (bundle.check.input_name if bundle.check else bundle.preprocess.input_name, bundle.classifier.output_name)
+    names = bundle.ensemble_tensors
     prepared = [PreparedImage(f"#{i}", data, "JPEG", 0, 0) for i, data in enumerate(images)]
     admin = LiveServer(server.http_url, server.admin_key)
     live = Candidates(admin, bundle, flavor)
@@ -425,8 +428,8 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
             live.restore()  # the server as it was, also after an error
         finally:
             admin.close()
-    write_report(tried, best, budget, output)
+    write_report(tried, budget, output)
     changes = patch(bundle, {k: v for k, v in best.items() if v != baseline.get(k)})
     (output / "recommended.diff").write_text(unified_diff(changes, bundle.root.parent))
-    return Outcome(model_label, baseline_score, best_score, best, budget, sum(len(s.points) for _, s in tried),
-                   time.monotonic() - started, changes, noise, baseline, tuple(tried))
+    return Outcome(model_label, baseline_score, best_score, best, budget, time.monotonic() - started, changes, baseline,
+                   tuple(tried))

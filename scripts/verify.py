@@ -111,7 +111,7 @@ def load_rows(url: str, bundle: Bundle, layout: Layout, concurrencies: tuple[int
 
     images = [prepare(path, index) for index, path in enumerate(
         [path for _, path in heldout_images(layout.heldout)][:64] or bundle.warmup_images)]
-    names = (bundle.preprocess.input_name, bundle.classifier.output_name)
+    names = bundle.ensemble_tensors
     closed_loop("grpc", url, bundle.ensemble.name, names, images, 2, 1.0)  # connections and caches warm
     for concurrency in concurrencies:
         run = closed_loop("grpc", url, bundle.ensemble.name, names, images, concurrency, seconds)

@@ -100,7 +100,7 @@ def apply_under_load(layout: Layout, server, *extra: str, flavor: str = LOCAL) -
     it starts until after it ends."""
     bundle = load_bundle(layout.flavor(flavor))  # what is live (ops' edit may not even parse)
     images = [prepare(path) for _, path in heldout_images(layout.heldout)[:32]]
-    names = (bundle.preprocess.input_name, bundle.classifier.output_name)
+    names = bundle.ensemble_tensors
     stop, results = threading.Event(), {}
 
     def loop(protocol: str) -> None:

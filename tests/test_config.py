@@ -29,6 +29,7 @@ def edit(path, old, new):
 def test_bundle_is_read_from_the_configs(bundle):
     assert (bundle.preprocess.model_name, bundle.classifier.model_name) == ("preprocess", "classifier")
     assert (bundle.preprocess.input_name, bundle.preprocess.output_name) == ("IMAGE", "PIXELS")
+    assert bundle.ensemble_tensors == ("IMAGE", bundle.classifier.output_name), "what a client sends and reads"
     assert (bundle.preprocess.crop, bundle.preprocess.resize_shorter) == ((64, 64), 73)
     assert bundle.preprocess.std == (0.229, 0.224, 0.225)
     assert bundle.classifier.labels == ("circle", "square", "triangle", "star", "cross", "ring")
