@@ -13,10 +13,10 @@ from torch import nn
 
 from scripts import demo, export
 from scripts.build import Builder
-from scripts.config import load_bundle, read_config
+from scripts.config import ModelConfig, load_bundle, read_config
 from scripts.constants import CONFIG_FILENAME, CPU, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL
 from scripts.layout import Layout
-from scripts.repository import dali_model_files
+from scripts.repository import ORT_THREADS, SHARE_THE_CORES, dali_model_files, flavor_config, host_cores
 from tests.conftest import REPOSITORY
 
 
@@ -113,7 +113,8 @@ def test_verification_fails_above_the_tolerance(user_models, bundle, built):
 
 
 def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
-    """... and, in the cpu flavor's DALI step, batching for instances (tests/test_cpu_flavor.py says how)."""
+    """... and, in the cpu flavor's DALI step, batching for instances (tests/test_cpu_flavor.py says how), and
+    ONNX Runtime's threads left to the host resolved for it (the next test)."""
     expected = {
         "cpu": {"ensemble": ("ensemble", ""), "check": ("", "python"), "preprocess": ("", "dali"),
                 "classifier": ("onnxruntime_onnx", "")},
@@ -130,6 +131,10 @@ def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
             if (flavor, name) == (CPU, bundle.preprocess.model_name):
                 generated.parameters["num_threads"].CopyFrom(committed.parameters["num_threads"])
                 generated.dynamic_batching.CopyFrom(committed.dynamic_batching)
+            if name == bundle.classifier.model_name:
+                threads = generated.parameters[ORT_THREADS].string_value
+                assert threads == str(max(1, host_cores() // generated.instance_group[0].count)), threads
+                generated.parameters[ORT_THREADS].CopyFrom(committed.parameters[ORT_THREADS])
             # Everything else is as ops wrote it.
             for field in ("input", "output", "max_batch_size", "dynamic_batching", "model_warmup", "parameters",
                           "ensemble_scheduling"):
@@ -143,6 +148,28 @@ def test_flavors_change_only_backend_platform_and_instance_kind(built, bundle):
                 assert served_file(built, bundle.preprocess.model_name, filename, flavor).read_text() == text
             assert not served_file(built, bundle.preprocess.model_name, DALI_PIPELINE, flavor).exists()
         assert served_file(built, bundle.classifier.model_name, ONNX_MODEL, flavor).is_file()
+
+
+@pytest.mark.parametrize("flavor", GENERATED_FLAVORS)
+def test_onnx_runtime_threads_left_to_the_host_share_its_cores_among_the_instances(bundle, flavor):
+    def threads(committed: str | None, instances: int, cores: int) -> str:
+        config = ModelConfig()
+        config.CopyFrom(bundle.classifier_config)
+        config.instance_group[0].count = instances
+        if committed is None:
+            del config.parameters[ORT_THREADS]
+        else:
+            config.parameters[ORT_THREADS].string_value = committed
+        name = bundle.classifier.model_name
+        derived = flavor_config(bundle.with_config(name, config), name, flavor, cores=cores)
+        return derived.parameters[ORT_THREADS].string_value
+
+    assert bundle.classifier_config.parameters[ORT_THREADS].string_value == SHARE_THE_CORES, "the committed default"
+    assert [threads("0", 2, cores) for cores in (1, 2, 3, 8, 64)] == ["1", "1", "1", "4", "32"]
+    assert threads("0", 3, 8) == "2" and threads("0", 1, 8) == "8"
+    assert threads(None, 2, 8) == "4", "no value is ONNX Runtime's per-core default: shared the same way"
+    assert threads("3", 2, 8) == "3", "ops' number is kept"
+    assert threads("1O", 2, 8) == "1O", "a typo is the server's to refuse, with its message"
 
 
 def test_build_is_idempotent_and_rebuilds_only_what_changed(user_models, bundle, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from scripts import tune
 from scripts.config import ConfigError, load_bundle
 from scripts.config_text import unified_diff
+from scripts.repository import flavor_config
 from tests.conftest import REPOSITORY
 
 KNOBS = (
@@ -76,18 +77,18 @@ def test_the_patch_edits_values_in_place_adds_a_field_and_keeps_every_comment(tm
     repository = tmp_path / "model_repository"
     shutil.copytree(REPOSITORY, repository)
     bundle = load_bundle(repository)
-    candidate = {"classifier.instances": 2, "classifier.preferred_batch_size": (8,), "preprocess.max_queue_delay_us": 1000}
+    candidate = {"classifier.instances": 3, "classifier.preferred_batch_size": (8,), "preprocess.max_queue_delay_us": 1000}
     changes = tune.patch(bundle, candidate)
     assert set(changes) == {bundle.config_path("classifier"), bundle.config_path("preprocess")}
     for before, after in changes.values():
         assert [line for line in before.splitlines() if "#" in line] == [line for line in after.splitlines() if "#" in line]
     diff = unified_diff(changes, tmp_path)
-    assert "+  preferred_batch_size: [ 8 ]" in diff and "+    count: 2" in diff
+    assert "+  preferred_batch_size: [ 8 ]" in diff and "+    count: 3" in diff
     assert "+  max_queue_delay_microseconds: 1000" in diff
     for path, (_, after) in changes.items():
         path.write_text(after)
     tuned = load_bundle(repository)
-    assert tuned.classifier.preferred_batch_sizes == (8,) and tuned.classifier_config.instance_group[0].count == 2
+    assert tuned.classifier.preferred_batch_sizes == (8,) and tuned.classifier_config.instance_group[0].count == 3
 
 
 def test_an_invalid_candidate_is_refused_before_anything_is_written(tmp_path):
@@ -175,7 +176,6 @@ def test_tune_cli_against_a_running_server_by_url_leaves_it_serving_the_committe
     import sys
 
     from scripts.live import LiveServer
-    from scripts.repository import flavor_config
     from scripts.serve import local_server
 
     def tune_cli(server, *extra):
@@ -256,6 +256,7 @@ def test_a_candidate_that_does_not_load_scores_nothing_and_the_server_keeps_the_
             threads = live.config(bundle.classifier.model_name)["parameters"]["intra_op_thread_count"]["string_value"]
         finally:
             live.close()
-        assert threads == bundle.classifier_config.parameters["intra_op_thread_count"].string_value
+        committed = flavor_config(bundle, bundle.classifier.model_name, "local")
+        assert threads == committed.parameters["intra_op_thread_count"].string_value
         with ImageClassifierClient(server.grpc_url) as client:
             assert all(r.ok for r in client.classify(demo.camera_frames(4), top_k=1))

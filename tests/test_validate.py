@@ -93,7 +93,7 @@ def _queue_delay(repo):
 
 
 def _instance_count(repo):
-    edit(repo / "classifier" / "config.pbtxt", "count: 1", "count: -1")
+    edit(repo / "classifier" / "config.pbtxt", "count: 2", "count: -1")
 
 
 def _gpu_in_cpu_flavor(repo):
@@ -421,8 +421,8 @@ def test_only_the_versions_triton_loads_need_artifacts(tmp_path):
 
 def test_findings_in_a_second_instance_group_point_at_its_line(tmp_path):
     repo = committed(tmp_path)
-    edit(repo / "classifier" / "config.pbtxt", "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  }\n]",
-         "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  },\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]")
+    edit(repo / "classifier" / "config.pbtxt", "    count: 2\n    kind: KIND_GPU\n  }\n]",
+         "    count: 2\n    kind: KIND_GPU\n  },\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]")
     (finding,) = validate(repo).errors
     assert (finding.code, finding.field) == ("cpu-instance-for-tensorrt", "instance_group[1].kind")
     assert "KIND_CPU" in (repo / "classifier" / "config.pbtxt").read_text().splitlines()[finding.line - 1]
