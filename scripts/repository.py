@@ -1,7 +1,7 @@
 """Flavors: the committed (`gpu`) repository in, the `cpu` and `local` repositories out.
 
 Each flavor is derived in code from the committed configs: parse with Triton's protobuf, change the
-backend/platform and instance kind, write. Model names, tensors, batching, warmup and labels stay
+backend/platform and instance kind, resolve what ops left to the host (ONNX Runtime threads), write. Model names, tensors, batching, warmup and labels stay
 as ops wrote them. Files beside a config (labels, warmup samples) are copied; artifacts are placed
 in version folder 1.
 

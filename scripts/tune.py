@@ -82,7 +82,8 @@ def _parameter(key: str) -> Callable[[ModelConfig, object], None]:
 KNOBS = (
     Knob("classifier.instances", (1, 2, 3), _instances),
     Knob("classifier.max_queue_delay_us", (0, 100, 1000, 4000), _queue_delay),
-    Knob("classifier.intra_op_threads", (0, 1, 2), _parameter("intra_op_thread_count"), CPU_ONLY_FLAVORS),  # 0: per core
+    # 0: the host's cores shared among the instances (repository._shared_cores)
+    Knob("classifier.intra_op_threads", (0, 1, 2), _parameter("intra_op_thread_count"), CPU_ONLY_FLAVORS),
     Knob("classifier.preferred_batch_size", ((), (4,), (8,)), _preferred),
     Knob("preprocess.instances", (1, 2), _instances),
     # The cpu flavor's DALI step runs one request per execution (repository._unbatched_dali): no queue delay.
