@@ -1,9 +1,9 @@
 """Flavors: the committed (`gpu`) repository in, the `cpu` and `local` repositories out.
 
 Each flavor is derived in code from the committed configs: parse with Triton's protobuf, change the
-backend/platform and instance kind, resolve what ops left to the host (ONNX Runtime threads), write. Model names, tensors, batching, warmup and labels stay
-as ops wrote them. Files beside a config (labels, warmup samples) are copied; artifacts are placed
-in version folder 1.
+backend/platform and instance kind, resolve what ops left to the host (ONNX Runtime threads), write.
+Model names, tensors, batching, warmup and labels stay as ops wrote them. Files beside a config
+(labels, warmup samples) are copied; artifacts are placed in version folder 1.
 
 - `cpu`:   DALI backend on CPU operators (a generated dali.py) + `onnxruntime_onnx`, all KIND_CPU
            (NGC image on a CPU host).
