@@ -34,6 +34,8 @@ TENSORRT_PLAN = "model.plan"
 DALI_PIPELINE = "model.dali"
 DALI_SCRIPT = "dali.py"  # the DALI backend's autoserialized alternative to model.dali
 PYTHON_MODEL = "model.py"
+# The classifier parameter both ONNX Runtime flavors read (the onnxruntime backend's key; the local python model's).
+ORT_THREADS = "intra_op_thread_count"
 # What each platform (or the platform a backend stands for) loads from a version folder.
 BACKEND_PLATFORM = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx", "dali": "dali", "python": "python"}
 ARTIFACTS = {

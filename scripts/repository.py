@@ -21,7 +21,17 @@ from pathlib import Path
 import client.image_formats
 from scripts import constants, dali_runner, preprocess
 from scripts.config import Bundle, ModelConfig, generated_header, model_config_pb2, write_config
-from scripts.constants import CONFIG_FILENAME, DALI_PIPELINE, GENERATED_FLAVORS, GPU, LOCAL, ONNX_MODEL, PYTHON_MODEL, VERSION
+from scripts.constants import (
+    CONFIG_FILENAME,
+    DALI_PIPELINE,
+    GENERATED_FLAVORS,
+    GPU,
+    LOCAL,
+    ONNX_MODEL,
+    ORT_THREADS,
+    PYTHON_MODEL,
+    VERSION,
+)
 
 PYTHON_MODELS = Path(__file__).parent / "python_models"
 IMAGE_CHECK = "imagecheck"  # the role, and the name of its model.py source in PYTHON_MODELS
@@ -50,6 +60,11 @@ def _to_cpu(config: ModelConfig) -> None:
         del group.gpus[:]
 
 
+def _instances(config: ModelConfig) -> int:
+    """How many instances the config's groups ask for (a group without a count is one)."""
+    return sum(max(group.count, 1) for group in config.instance_group) or 1
+
+
 def _unbatched_dali(config: ModelConfig, threads: int) -> None:
     """The DALI step of the cpu flavor: one request per execution, ops' CPU threads spent as instances.
 
@@ -62,14 +77,13 @@ def _unbatched_dali(config: ModelConfig, threads: int) -> None:
     clients: 1 instance x 2 threads 300 images/s, 2 instances x 1 thread 496 images/s.
     """
     config.ClearField("dynamic_batching")
-    instances = sum(max(group.count, 1) for group in config.instance_group) or 1
+    instances = _instances(config)
     del config.instance_group[1:]
     group = config.instance_group[0] if config.instance_group else config.instance_group.add(kind=CPU_KIND)
     group.count = instances * threads
     config.parameters["num_threads"].string_value = "1"
 
 
-ORT_THREADS = "intra_op_thread_count"
 SHARE_THE_CORES = "0"  # ops' value for: this host's cores, shared among the classifier's instances
 
 
@@ -94,8 +108,7 @@ def _shared_cores(config: ModelConfig, cores: int) -> None:
     value = config.parameters[ORT_THREADS].string_value if ORT_THREADS in config.parameters else SHARE_THE_CORES
     if value.strip() != SHARE_THE_CORES:
         return  # ops' number, or a typo the server refuses with its own message
-    instances = sum(max(group.count, 1) for group in config.instance_group) or 1
-    config.parameters[ORT_THREADS].string_value = str(max(1, cores // instances))
+    config.parameters[ORT_THREADS].string_value = str(max(1, cores // _instances(config)))
 
 
 def flavor_config(bundle: Bundle, name: str, flavor: str, cores: int | None = None) -> ModelConfig:

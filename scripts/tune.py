@@ -28,7 +28,7 @@ from pathlib import Path
 
 from scripts.config import Bundle, ConfigError, ModelConfig
 from scripts.config_text import Edits, edit_in_place, unified_diff
-from scripts.constants import CPU_ONLY_FLAVORS, FLAVORS, GPU, LOCAL
+from scripts.constants import CPU_ONLY_FLAVORS, FLAVORS, GPU, LOCAL, ORT_THREADS
 from scripts.live import LiveServer
 from scripts.repository import flavor_config
 from scripts.validate import check_edits
@@ -83,7 +83,7 @@ KNOBS = (
     Knob("classifier.instances", (1, 2, 3), _instances),
     Knob("classifier.max_queue_delay_us", (0, 100, 1000, 4000), _queue_delay),
     # 0: the host's cores shared among the instances (repository._shared_cores)
-    Knob("classifier.intra_op_threads", (0, 1, 2), _parameter("intra_op_thread_count"), CPU_ONLY_FLAVORS),
+    Knob("classifier.intra_op_threads", (0, 1, 2), _parameter(ORT_THREADS), CPU_ONLY_FLAVORS),
     Knob("classifier.preferred_batch_size", ((), (4,), (8,)), _preferred),
     Knob("preprocess.instances", (1, 2), _instances),
     # The cpu flavor's DALI step runs one request per execution (repository._unbatched_dali): no queue delay.

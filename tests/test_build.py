@@ -14,9 +14,9 @@ from torch import nn
 from scripts import demo, export
 from scripts.build import Builder
 from scripts.config import ModelConfig, load_bundle, read_config
-from scripts.constants import CONFIG_FILENAME, CPU, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, PYTHON_MODEL
+from scripts.constants import CONFIG_FILENAME, CPU, DALI_PIPELINE, GENERATED_FLAVORS, LOCAL, ONNX_MODEL, ORT_THREADS, PYTHON_MODEL
 from scripts.layout import Layout
-from scripts.repository import ORT_THREADS, SHARE_THE_CORES, dali_model_files, flavor_config, host_cores
+from scripts.repository import SHARE_THE_CORES, dali_model_files, flavor_config, host_cores
 from tests.conftest import REPOSITORY
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from constants import ONNX_MODEL
+from constants import ONNX_MODEL, ORT_THREADS
 
 
 class TritonPythonModel:
@@ -22,7 +22,7 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         options = ort.SessionOptions()
-        threads = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value")
+        threads = config.get("parameters", {}).get(ORT_THREADS, {}).get("string_value")
         if threads:
             options.intra_op_num_threads = int(threads)
         # Idle intra-op threads spin-wait for the next batch by default, on cores the DALI pipeline and the
