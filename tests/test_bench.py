@@ -74,3 +74,9 @@ def test_summary_takes_the_median_of_the_paired_rounds_where_they_were_measured(
     fields = dict(field.split("=") for field in bench.summary(rows, [LOCAL], 1.0).removeprefix("summary: ").split())
     assert fields["served_vs_inprocess"] == "0.86"
     assert fields["batching_gain"] == f"{320 / 150:.2f}", "the paired rows stay out of the sweep's figures"
+
+
+def test_the_served_sweep_reaches_as_many_images_in_flight_as_the_largest_in_process_batch(built, bundle):
+    runner = bench.InProcess(built, demo.camera_frames(1))
+    assert runner.batch_sizes()[-1] == bundle.preprocess.max_batch_size
+    assert runner.concurrencies() == (1, 4, 16, bundle.preprocess.max_batch_size)
