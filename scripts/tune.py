@@ -204,12 +204,15 @@ def confirmed(base_runs: Sequence[Score], best_runs: Sequence[Score]) -> bool:
 
 
 def search(knobs: Sequence[Knob], baseline: dict[str, object], measure: Callable[[dict], Score], noise: float,
-           max_points: int, progress: Callable[[str], None] = print,
-           baseline_score: Score | None = None) -> tuple[dict, Score, list[tuple[dict, Score]]]:
+           max_points: int, progress: Callable[[str], None] = print, baseline_score: Score | None = None,
+           served: Callable[[dict], object] = lambda candidate: sorted(candidate.items()),
+           ) -> tuple[dict, Score, list[tuple[dict, Score]]]:
     """Coordinate descent from `baseline` (measured first unless its score is given); (best candidate, its
-    score, every candidate tried with its score)."""
+    score, every candidate tried with its score). A candidate whose `served` configs (comparable) equal
+    those of one already tried is skipped: measuring it again would spend a point on an A/A test."""
     best, best_score = dict(baseline), baseline_score or measure(dict(baseline))
     tried: list[tuple[dict, Score]] = [(dict(best), best_score)]
+    seen = [served(best)]
     progress(f"baseline: {best_score.images_per_s:.1f} img/s, p99 {best_score.p99_ms:.1f} ms")
     improved = True
     while improved and len(tried) < max_points:
@@ -219,6 +222,10 @@ def search(knobs: Sequence[Knob], baseline: dict[str, object], measure: Callable
                 if value == best.get(knob.name) or len(tried) >= max_points:
                     continue
                 candidate = {**best, knob.name: value}
+                if served(candidate) in seen:
+                    progress(f"  {knob.name}={value}: serves what a candidate already tried serves, skipped")
+                    continue
+                seen.append(served(candidate))
                 result = measure(candidate)
                 tried.append((candidate, result))
                 won = beats(result, best_score, noise)
@@ -256,17 +263,25 @@ class Candidates:
     def load(self, candidate: dict[str, object]) -> None:
         self._load(candidate_configs(self.bundle, candidate))
 
+    def served(self, candidate: dict[str, object]) -> dict[str, dict]:
+        """What the server would be given for each model the candidate changes: on a host whose share of
+        cores is one thread per instance, ONNX Runtime's 0 and 1 are the same configs."""
+        return {model: self._served(model, config) for model, config in candidate_configs(self.bundle, candidate).items()}
+
     def restore(self) -> None:
         """Every model a candidate changed, back to its committed config."""
         self._load({model: self.bundle.configs[model] for model in self.loaded})
 
-    def _load(self, configs: dict[str, ModelConfig]) -> None:
+    def _served(self, model: str, config: ModelConfig) -> dict:
         from google.protobuf import json_format
 
+        # The gpu flavor serves the committed configs themselves; the others, what the build derives.
+        derived = config if self.flavor == GPU else flavor_config(self.bundle.with_config(model, config), model, self.flavor)
+        return json_format.MessageToDict(derived, preserving_proto_field_name=True)
+
+    def _load(self, configs: dict[str, ModelConfig]) -> None:
         for model, config in configs.items():
-            # The gpu flavor serves the committed configs themselves; the others, what the build derives.
-            derived = config if self.flavor == GPU else flavor_config(self.bundle.with_config(model, config), model, self.flavor)
-            served = json_format.MessageToDict(derived, preserving_proto_field_name=True)
+            served = self._served(model, config)
             if self.loaded.get(model) != served:
                 self.server.load(model, served)
                 self.loaded[model] = served
@@ -413,7 +428,8 @@ def tune(server: Target, bundle: Bundle, images: Sequence[bytes], output: Path, 
         progress(f"baseline, {repeats} runs: {', '.join(f'{b.images_per_s:.1f}' for b in baselines)} img/s "
                  f"(noise margin {noise:.1f})")
         baseline_score = mean_score(baselines)
-        best, best_score, tried = search(knobs, baseline, measure, noise, max_points, progress, baseline_score)
+        best, best_score, tried = search(knobs, baseline, measure, noise, max_points, progress, baseline_score,
+                                         live.served)
         if best != baseline:
             base_runs, best_runs = confirm(measure, baseline, best, max(repeats, CONFIRM_ROUNDS), progress)
             tried += [(dict(baseline), b) for b in base_runs] + [(dict(best), b) for b in best_runs]

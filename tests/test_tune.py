@@ -13,6 +13,7 @@ import pytest
 from scripts import tune
 from scripts.config import ConfigError, load_bundle
 from scripts.config_text import unified_diff
+from scripts.constants import LOCAL
 from scripts.repository import flavor_config
 from tests.conftest import REPOSITORY
 
@@ -56,6 +57,35 @@ def test_a_gain_within_the_noise_does_not_win_and_the_point_budget_holds():
     measure, calls = synthetic(lambda c: 100.0)
     tune.search(KNOBS, baseline, measure, noise=0.0, max_points=3, progress=lambda m: None)
     assert len(calls) == 3
+
+
+def test_a_candidate_serving_what_one_already_tried_serves_is_not_measured_again():
+    def served(c):  # queue delays of 0 and 100 µs serve alike here
+        return {**c, "classifier.max_queue_delay_us": max(c["classifier.max_queue_delay_us"], 100)}
+
+    measure, calls = synthetic(lambda c: 100.0 + 10 * c["preprocess.instances"])
+    baseline = {"classifier.instances": 1, "classifier.max_queue_delay_us": 100, "preprocess.instances": 1}
+    best, _, tried = tune.search(KNOBS, baseline, measure, noise=0.0, max_points=50, progress=lambda m: None,
+                                 served=served)
+    assert best["preprocess.instances"] == 2, "the search goes on past the skipped value"
+    assert all(c["classifier.max_queue_delay_us"] != 0 for c in calls)
+    assert any(c["classifier.max_queue_delay_us"] == 1000 for c in calls)
+    assert len(tried) == len(calls)
+
+
+def test_onnx_runtime_threads_left_to_the_host_serve_what_the_hosts_share_serves(bundle):
+    from scripts.repository import host_cores
+
+    candidates = tune.Candidates(None, bundle, LOCAL)  # what would be served: no server needed
+    baseline = tune.current_values(bundle, tune.knobs_for(LOCAL, bundle))
+    assert baseline["classifier.intra_op_threads"] == 0
+
+    def served(threads):
+        return candidates.served({**baseline, "classifier.intra_op_threads": threads})
+
+    share = max(1, host_cores() // bundle.classifier_config.instance_group[0].count)
+    assert served(0) == served(share)
+    assert served(0) != served(share + 1)
 
 
 def test_a_candidate_over_the_latency_budget_scores_nothing():
