@@ -88,8 +88,8 @@ test-gpu:  ## on the GPU box: every GPU test, in the builder image, against the 
 verify: $(HOST_TOOLS)  ## after `docker compose up` (or `make serve FLAVOR=...`): one table to paste back when something is off
 	$(PY) -m scripts verify $(if $(filter command line,$(origin FLAVOR)),--flavor $(FLAVOR)) $(ARGS)
 
-compose-config:  ## validate docker-compose.yml for every profile, offline
-	for p in gpu cpu gpu,verify gpu,loadtest gpu,apply gpu,tune gpu,monitoring cpu,monitoring; do COMPOSE_PROFILES=$$p $(VENV)/bin/docker-compose config --quiet || exit 1; done
+compose-config: install  ## validate docker-compose.yml for every profile, offline (the profiles and their services: tests/test_deployment.py)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_deployment.py -k test_compose_file_is_valid_for_each_profile
 
 clean:  ## remove build outputs (not the venv, nor the record of the adopted model)
 	find build -mindepth 1 -maxdepth 1 ! -name adopted.json -exec rm -rf {} + 2>/dev/null || true
