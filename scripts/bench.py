@@ -14,6 +14,7 @@ Client and server share this machine's cores: compare ratios, not absolute numbe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import shutil
@@ -130,20 +131,33 @@ def camera_requests(images: list[bytes]):
     return [PreparedImage(f"#{i}", data, "JPEG", *demo.CAMERA_FRAME) for i, data in enumerate(images)]
 
 
+@contextlib.contextmanager
+def driven(serving: Layout, repo: Path, images: list[bytes]):
+    """The ensemble of `repo` on a local server (`serving`'s backends): yields the server, the bundle and
+    run(protocol, concurrency, seconds), the closed loop every measurement shares, each protocol's
+    connections warmed before its first run."""
+    bundle = load_bundle(repo)
+    names, prepared, warm = bundle.ensemble_tensors, camera_requests(images), set()
+    with tempfile.TemporaryDirectory() as scratch, local_server(serving, repo, log_path=Path(scratch) / "server.log") as server:
+        def run(protocol: str, concurrency: int, seconds: float):
+            url = server.grpc_url if protocol == "grpc" else server.http_url
+            if protocol not in warm:
+                closed_loop(protocol, url, bundle.ensemble.name, names, prepared, 2, 1.0)
+                warm.add(protocol)
+            return closed_loop(protocol, url, bundle.ensemble.name, names, prepared, concurrency, seconds)
+        yield server, bundle, run
+
+
 def served(model: str, flavor: str, serving: Layout, repo: Path, images: list[bytes], concurrencies: list[int],
            seconds: float, mode: str, protocols: tuple[str, ...]) -> tuple[list[Row], dict[str, float]]:
-    """The ensemble of `repo` on a local server (`serving`'s backends), with the same loop for every flavor."""
-    bundle = load_bundle(repo)
-    names, prepared = bundle.ensemble_tensors, camera_requests(images)
+    """The ensemble of `repo` at each concurrency, with the same loop for every flavor, and its stage costs."""
     rows = []
-    with tempfile.TemporaryDirectory() as scratch, local_server(serving, repo, log_path=Path(scratch) / "server.log") as server:
+    with driven(serving, repo, images) as (server, bundle, run):
         for protocol in protocols:
-            url = server.grpc_url if protocol == "grpc" else server.http_url
-            closed_loop(protocol, url, bundle.ensemble.name, names, prepared, 2, 1.0)  # warm the connections
             for concurrency in concurrencies:
-                run = closed_loop(protocol, url, bundle.ensemble.name, names, prepared, concurrency, seconds)
-                rows.append(Row(model, flavor, mode, protocol, concurrency, run.requests_per_s, *percentiles(run.latencies_ms),
-                                run.failures))
+                result = run(protocol, concurrency, seconds)
+                rows.append(Row(model, flavor, mode, protocol, concurrency, result.requests_per_s,
+                                *percentiles(result.latencies_ms), result.failures))
         costs = stage_costs(server, [name for name in bundle.configs if name != bundle.ensemble.name] + [bundle.ensemble.name])
     return rows, costs
 
@@ -153,17 +167,14 @@ def paired(model: str, runner: InProcess, serving: Layout, repo: Path, batch: in
     """The best in-process batch and the best served concurrency (gRPC), measured alternately `rounds` times with
     the server up: a slow spell of this shared machine then hits both sides of a round alike, which the sweeps,
     minutes apart, cannot promise. The summary's served-vs-in-process ratios are the median of these rounds."""
-    bundle = load_bundle(repo)
-    names, prepared = bundle.ensemble_tensors, camera_requests(runner.images)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch, local_server(serving, repo, log_path=Path(scratch) / "server.log") as server:
-        closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, 2, 1.0)  # warm the connections
+    with driven(serving, repo, runner.images) as (_, _, run):
         for round_ in range(1, rounds + 1):
             rate, latencies = runner.run(batch, seconds)
             rows.append(Row(model, "-", PAIRED_IN_PROCESS, "-", batch, rate, *percentiles(latencies), round=round_))
-            run = closed_loop("grpc", server.grpc_url, bundle.ensemble.name, names, prepared, concurrency, seconds)
-            rows.append(Row(model, LOCAL, PAIRED_SERVED, "grpc", concurrency, run.requests_per_s,
-                            *percentiles(run.latencies_ms), run.failures, round=round_))
+            result = run("grpc", concurrency, seconds)
+            rows.append(Row(model, LOCAL, PAIRED_SERVED, "grpc", concurrency, result.requests_per_s,
+                            *percentiles(result.latencies_ms), result.failures, round=round_))
     return rows
 
 
