@@ -222,10 +222,11 @@ def search(knobs: Sequence[Knob], baseline: dict[str, object], measure: Callable
                 if value == best.get(knob.name) or len(tried) >= max_points:
                     continue
                 candidate = {**best, knob.name: value}
-                if served(candidate) in seen:
+                configs = served(candidate)
+                if configs in seen:
                     progress(f"  {knob.name}={value}: serves what a candidate already tried serves, skipped")
                     continue
-                seen.append(served(candidate))
+                seen.append(configs)
                 result = measure(candidate)
                 tried.append((candidate, result))
                 won = beats(result, best_score, noise)

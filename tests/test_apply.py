@@ -22,7 +22,7 @@ from loadtest.loop import LoopResult, closed_loop
 from scripts.apply import model_digests
 from scripts.build import Builder
 from scripts.config import load_bundle, read_config, write_config
-from scripts.constants import CONFIG_FILENAME, CPU, LOCAL
+from scripts.constants import CONFIG_FILENAME, CPU, LOCAL, ORT_THREADS
 from scripts.demo import heldout_images
 from scripts.layout import PROJECT, Layout
 from scripts.serve import local_server
@@ -170,20 +170,20 @@ def test_a_preprocessing_change_is_rebuilt_and_goes_live_with_no_failed_request(
 def test_a_change_that_fails_to_load_is_rolled_back_with_no_failed_request(project):
     layout, server = project
     previous = model_digests(layout.flavor(LOCAL))
-    served_threads = live_config(server, "classifier")["parameters"]["intra_op_thread_count"]["string_value"]
+    served_threads = live_config(server, "classifier")["parameters"][ORT_THREADS]["string_value"]
     # A typo Triton only finds when the model loads: the thread count is not a number.
-    edit(layout, "classifier", lambda c: c.parameters["intra_op_thread_count"].__setattr__("string_value", "1O"))
+    edit(layout, "classifier", lambda c: c.parameters[ORT_THREADS].__setattr__("string_value", "1O"))
     run = apply_under_load(layout, server)
     assert run.done.returncode == 3, run.done.stderr
     record = outcome(run.done)
     assert record["result"] == "rolled-back" and "classifier failed to load" in record["reason"]
-    assert live_config(server, "classifier")["parameters"]["intra_op_thread_count"]["string_value"] == served_threads
+    assert live_config(server, "classifier")["parameters"][ORT_THREADS]["string_value"] == served_threads
     assert model_digests(layout.flavor(LOCAL)) == previous, "the previous files are back in place"
     assert diff_live(layout.flavor(LOCAL), server.http_url, server.admin_headers) == []
     run.assert_no_request_failed()
     audit = [json.loads(line) for line in (layout.build_dir / "apply" / "audit.jsonl").read_text().splitlines()]
     assert audit[-1]["result"] == "rolled-back" and audit[-1]["changed"] == ["classifier"]
-    assert audit[-1]["diff"][0]["field"] == "parameters[intra_op_thread_count]"
+    assert audit[-1]["diff"][0]["field"] == f"parameters[{ORT_THREADS}]"
     assert server.admin_key not in (layout.build_dir / "apply" / "audit.jsonl").read_text() + run.done.stdout + run.done.stderr
 
 
@@ -219,7 +219,7 @@ def test_two_changed_models_whose_load_fails_are_rolled_back_together(project):
     layout, server = project
     previous = model_digests(layout.flavor(LOCAL))
     edit(layout, "preprocess", lambda c: setattr(c.dynamic_batching, "max_queue_delay_microseconds", 300))
-    edit(layout, "classifier", lambda c: c.parameters["intra_op_thread_count"].__setattr__("string_value", "1O"))
+    edit(layout, "classifier", lambda c: c.parameters[ORT_THREADS].__setattr__("string_value", "1O"))
     run = apply_under_load(layout, server)
     assert run.done.returncode == 3, run.done.stderr
     assert "[6/6] roll back: the previous configs are live again" in run.done.stderr

@@ -13,8 +13,8 @@ import pytest
 from scripts import tune
 from scripts.config import ConfigError, load_bundle
 from scripts.config_text import unified_diff
-from scripts.constants import LOCAL
-from scripts.repository import flavor_config
+from scripts.constants import LOCAL, ORT_THREADS
+from scripts.repository import flavor_config, host_cores
 from tests.conftest import REPOSITORY
 
 KNOBS = (
@@ -74,8 +74,6 @@ def test_a_candidate_serving_what_one_already_tried_serves_is_not_measured_again
 
 
 def test_onnx_runtime_threads_left_to_the_host_serve_what_the_hosts_share_serves(bundle):
-    from scripts.repository import host_cores
-
     candidates = tune.Candidates(None, bundle, LOCAL)  # what would be served: no server needed
     baseline = tune.current_values(bundle, tune.knobs_for(LOCAL, bundle))
     assert baseline["classifier.intra_op_threads"] == 0
@@ -272,7 +270,7 @@ def test_a_candidate_that_does_not_load_scores_nothing_and_the_server_keeps_the_
     from scripts.serve import local_server
 
     # A thread count that is not a number: the classifier fails to load with it (Triton keeps the old one).
-    knobs = (tune.Knob("classifier.intra_op_threads", ("1O",), tune._parameter("intra_op_thread_count")),)
+    knobs = (tune.Knob("classifier.intra_op_threads", ("1O",), tune._parameter(ORT_THREADS)),)
     with local_server(built, log_path=tmp_path / "server.log", model_control="explicit") as server:
         messages = []
         outcome = tune.tune(server, bundle, demo.camera_frames(8), tmp_path / "tune", seconds=0.3, repeats=1,
@@ -283,10 +281,10 @@ def test_a_candidate_that_does_not_load_scores_nothing_and_the_server_keeps_the_
         assert outcome.best_candidate == tune.current_values(bundle, knobs) and not outcome.changes
         live = LiveServer(server.http_url, server.admin_key)
         try:
-            threads = live.config(bundle.classifier.model_name)["parameters"]["intra_op_thread_count"]["string_value"]
+            threads = live.config(bundle.classifier.model_name)["parameters"][ORT_THREADS]["string_value"]
         finally:
             live.close()
-        committed = flavor_config(bundle, bundle.classifier.model_name, "local")
-        assert threads == committed.parameters["intra_op_thread_count"].string_value
+        committed = flavor_config(bundle, bundle.classifier.model_name, LOCAL)
+        assert threads == committed.parameters[ORT_THREADS].string_value
         with ImageClassifierClient(server.grpc_url) as client:
             assert all(r.ok for r in client.classify(demo.camera_frames(4), top_k=1))
